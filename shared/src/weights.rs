@@ -1,0 +1,370 @@
+//! Reading and writing weight files.
+//!
+//! Read: released backbone-only `.pth` files (`dino_deitsmall16_pretrain.pth`), full training
+//! checkpoints (`teacher` / `student`, keys with `module.` / `backbone.` / `head.` prefixes),
+//! timm-layout safetensors, and our own exported safetensors (architecture in the metadata).
+//! Write: safetensors in the timm / official key layout (backbone keys bare, DINO head under
+//! `head.`), f32 or f16, with the architecture in the metadata.
+
+use std::collections::HashMap;
+
+use burn::tensor::Device;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::config::{HeadConfig, VitConfig};
+use crate::head::DinoHead;
+use crate::state_dict::{load_state_dict, to_state_dict, HostTensor, StateDict};
+use crate::vit::VisionTransformer;
+
+/// A problem with one weights file: `Display` gives one line naming the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct WeightsError {
+    pub file: String,
+    pub message: String,
+}
+
+impl WeightsError {
+    pub fn new(file: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { file: file.into(), message: message.into() }
+    }
+}
+
+/// The weights of one model as read from a file, split into backbone and DINO head.
+#[derive(Debug, Clone, Default)]
+pub struct WeightsFile {
+    /// Name used in error messages (the path, or the name of a dropped file).
+    pub name: String,
+    pub backbone: StateDict,
+    pub head: StateDict,
+    /// Architecture recorded by `dino export` (absent in official and timm files).
+    pub vit: Option<VitConfig>,
+    pub head_config: Option<HeadConfig>,
+}
+
+/// How to pick the architecture when the file does not say: anything left `None` is inferred
+/// from tensor shapes.
+#[derive(Debug, Clone, Default)]
+pub struct ArchSpec {
+    /// `vit_tiny`, `vit_small` or `vit_base`.
+    pub arch: Option<String>,
+    pub patch_size: Option<usize>,
+    pub num_heads: Option<usize>,
+}
+
+/// Precision of exported tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportDType {
+    F32,
+    F16,
+}
+
+const METADATA_FORMAT: &str = "dino-rs";
+
+fn is_safetensors(bytes: &[u8]) -> bool {
+    if bytes.len() < 10 {
+        return false;
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+    n > 0 && n < bytes.len() as u64 && bytes[8] == b'{'
+}
+
+fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    let chunks = |n: usize| bytes.chunks_exact(n);
+    Some(match dtype {
+        Dtype::F32 => chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+        Dtype::F16 => chunks(2).map(|b| half::f16::from_le_bytes(b.try_into().unwrap()).to_f32()).collect(),
+        Dtype::BF16 => chunks(2).map(|b| half::bf16::from_le_bytes(b.try_into().unwrap()).to_f32()).collect(),
+        Dtype::F64 => chunks(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
+        _ => return None,
+    })
+}
+
+/// All tensors and the metadata of a safetensors buffer.
+pub fn parse_safetensors(bytes: &[u8]) -> Result<(StateDict, HashMap<String, String>), String> {
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| format!("not a valid safetensors file ({e})"))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| format!("not a valid safetensors file ({e})"))?;
+    let mut out = StateDict::new();
+    for (name, view) in st.iter() {
+        let data = to_f32(view.dtype(), view.data())
+            .ok_or_else(|| format!("tensor {name} has dtype {:?}; expected a float type", view.dtype()))?;
+        out.insert(name.to_string(), HostTensor::new(view.shape().to_vec(), data));
+    }
+    Ok((out, meta.metadata().clone().unwrap_or_default()))
+}
+
+/// Keys of a full training checkpoint or a plain state dict, reduced to one model: pick
+/// `checkpoint_key` (`teacher` / `student`) when the file has such sections, drop `module.`
+/// (DistributedDataParallel), and split `backbone.` / `head.`.
+pub fn select_model_keys(names: &[String], checkpoint_key: &str) -> Result<Vec<(String, String)>, String> {
+    let sections: Vec<&str> = ["teacher", "student"]
+        .into_iter()
+        .filter(|s| names.iter().any(|n| n.starts_with(&format!("{s}."))))
+        .collect();
+    let prefix = format!("{checkpoint_key}.");
+    let selected: Vec<(String, &str)> = if names.iter().any(|n| n.starts_with(&prefix)) {
+        names.iter().filter_map(|n| n.strip_prefix(&prefix).map(|k| (n.clone(), k))).collect()
+    } else if !sections.is_empty() {
+        return Err(format!(
+            "no '{checkpoint_key}' weights in this checkpoint (it has: {}); choose one with --checkpoint_key",
+            sections.join(", ")
+        ));
+    } else {
+        names.iter().map(|n| (n.clone(), n.as_str())).collect()
+    };
+    Ok(selected
+        .into_iter()
+        .map(|(orig, k)| {
+            let k = k.strip_prefix("module.").unwrap_or(k);
+            (orig, k.to_string())
+        })
+        .collect())
+}
+
+/// Split official names into the backbone and the DINO head.
+fn split_backbone_head(all: StateDict) -> (StateDict, StateDict) {
+    let has_backbone_prefix = all.keys().any(|k| k.starts_with("backbone."));
+    let mut backbone = StateDict::new();
+    let mut head = StateDict::new();
+    for (k, v) in all {
+        let is_dino_head = k.starts_with("head.mlp.") || k.starts_with("head.last_layer.");
+        if is_dino_head {
+            head.insert(k["head.".len()..].to_string(), v);
+        } else if has_backbone_prefix {
+            // Anything that is neither backbone. nor head. is kept and reported as unexpected.
+            backbone.insert(k.strip_prefix("backbone.").map(str::to_string).unwrap_or(k), v);
+        } else {
+            backbone.insert(k, v);
+        }
+    }
+    (backbone, head)
+}
+
+impl WeightsFile {
+    /// From the bytes of a safetensors file (the web page's path; also used natively).
+    pub fn from_safetensors_bytes(name: &str, bytes: &[u8], checkpoint_key: &str) -> Result<Self, WeightsError> {
+        let err = |m: String| WeightsError::new(name, m);
+        if !is_safetensors(bytes) {
+            return Err(err(if bytes.is_empty() {
+                "the file is empty".into()
+            } else {
+                "not a weights file (expected safetensors, or a PyTorch .pth natively)".into()
+            }));
+        }
+        let (all, meta) = parse_safetensors(bytes).map_err(err)?;
+        let names: Vec<String> = all.keys().cloned().collect();
+        let keys = select_model_keys(&names, checkpoint_key).map_err(err)?;
+        let mut selected = StateDict::new();
+        let mut all = all;
+        for (orig, k) in keys {
+            selected.insert(k, all.remove(&orig).unwrap());
+        }
+        let (backbone, head) = split_backbone_head(selected);
+        let vit = meta.get("vit").map(|s| serde_json::from_str(s)).transpose().map_err(|e| err(format!("bad 'vit' metadata: {e}")))?;
+        let head_config =
+            meta.get("head").map(|s| serde_json::from_str(s)).transpose().map_err(|e| err(format!("bad 'head' metadata: {e}")))?;
+        Ok(Self { name: name.into(), backbone, head, vit, head_config })
+    }
+
+    /// Read a `.pth` checkpoint or a safetensors file.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read(path: &std::path::Path, checkpoint_key: &str) -> Result<Self, WeightsError> {
+        let name = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| WeightsError::new(&name, format!("cannot read: {e}")))?;
+        if is_safetensors(&bytes) {
+            return Self::from_safetensors_bytes(&name, &bytes, checkpoint_key);
+        }
+        drop(bytes);
+        let backbone_and_head = read_pth(path, checkpoint_key).map_err(|m| WeightsError::new(&name, m))?;
+        let (backbone, head) = split_backbone_head(backbone_and_head);
+        Ok(Self { name, backbone, head, vit: None, head_config: None })
+    }
+
+    /// The architecture: from the file's metadata, else from `spec` and the tensor shapes.
+    pub fn vit_config(&self, spec: &ArchSpec) -> Result<VitConfig, WeightsError> {
+        let err = |m: String| WeightsError::new(&self.name, m);
+        if let (Some(cfg), None) = (&self.vit, &spec.arch) {
+            return Ok(cfg.clone());
+        }
+        let inferred = infer_vit_config(&self.backbone, spec.num_heads.or(self.vit.as_ref().map(|c| c.num_heads)));
+        match &spec.arch {
+            Some(arch) => {
+                let patch = match (spec.patch_size, &inferred) {
+                    (Some(p), _) => p,
+                    (None, Ok(c)) => c.patch_size,
+                    (None, Err(_)) => 16,
+                };
+                let mut cfg = VitConfig::from_arch(arch, patch)
+                    .ok_or_else(|| err(format!("unknown --arch {arch} (vit_tiny, vit_small or vit_base)")))?;
+                if let Ok(found) = &inferred {
+                    // The position embedding's grid is whatever the file holds (224/p for the
+                    // released models); any image size is served by interpolation.
+                    if found.embed_dim == cfg.embed_dim && found.patch_size == cfg.patch_size {
+                        cfg.img_size = found.img_size;
+                    }
+                }
+                Ok(cfg)
+            }
+            None => inferred.map_err(err),
+        }
+    }
+
+    pub fn head_config(&self, norm_last_layer: bool) -> Result<Option<HeadConfig>, WeightsError> {
+        if self.head.is_empty() {
+            return Ok(None);
+        }
+        if let Some(cfg) = &self.head_config {
+            return Ok(Some(cfg.clone()));
+        }
+        infer_head_config(&self.head, norm_last_layer).map(Some).map_err(|m| WeightsError::new(&self.name, m))
+    }
+
+    /// A backbone holding these weights (errors list missing / unexpected / mis-shaped keys).
+    pub fn backbone_model(&self, spec: &ArchSpec, device: &Device) -> Result<VisionTransformer, WeightsError> {
+        let cfg = self.vit_config(spec)?;
+        let model = VisionTransformer::new(&cfg, device);
+        load_state_dict(model, &self.backbone).map_err(|m| {
+            WeightsError::new(&self.name, format!("weights do not fit {} ({m})", cfg.arch_name()))
+        })
+    }
+
+    /// The DINO head, when the file has one.
+    pub fn head_model(&self, device: &Device) -> Result<Option<DinoHead>, WeightsError> {
+        let Some(cfg) = self.head_config(false)? else { return Ok(None) };
+        let head = DinoHead::new(&cfg, device);
+        load_state_dict(head, &self.head)
+            .map(Some)
+            .map_err(|m| WeightsError::new(&self.name, format!("DINO head weights do not fit ({m})")))
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn read_pth(path: &std::path::Path, checkpoint_key: &str) -> Result<StateDict, String> {
+    use burn::store::pytorch_reader::{DType, PytorchReader};
+    let reader = PytorchReader::new(path)
+        .map_err(|e| format!("not a weights file: neither a PyTorch checkpoint nor safetensors ({e})"))?;
+    let mut tensors = reader.into_tensors();
+    let names: Vec<String> = tensors.keys().cloned().collect();
+    if names.is_empty() {
+        return Err("the checkpoint holds no tensors".into());
+    }
+    let mut out = StateDict::new();
+    for (orig, key) in select_model_keys(&names, checkpoint_key)? {
+        let t = tensors.remove(&orig).unwrap();
+        let bytes = t.read().map_err(|e| format!("cannot read tensor {orig}: {e}"))?;
+        let data: Vec<f32> = match t.dtype() {
+            DType::F32 => bytes.chunks_exact(4).map(|b| f32::from_ne_bytes(b.try_into().unwrap())).collect(),
+            DType::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_ne_bytes(b.try_into().unwrap()).to_f32()).collect(),
+            DType::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_ne_bytes(b.try_into().unwrap()).to_f32()).collect(),
+            DType::F64 => bytes.chunks_exact(8).map(|b| f64::from_ne_bytes(b.try_into().unwrap()) as f32).collect(),
+            // Integer buffers (e.g. optimizer steps) are not model weights.
+            _ => continue,
+        };
+        out.insert(key, HostTensor::new(t.shape().to_vec(), data));
+    }
+    Ok(out)
+}
+
+fn shape_of<'a>(sd: &'a StateDict, key: &str) -> Result<&'a [usize], String> {
+    sd.get(key).map(|t| t.shape.as_slice()).ok_or_else(|| {
+        let some: Vec<&str> = sd.keys().take(5).map(|s| s.as_str()).collect();
+        format!("no '{key}' tensor: not a ViT backbone (first keys: {})", some.join(", "))
+    })
+}
+
+/// Architecture from tensor shapes. The head count is not in any shape: it comes from
+/// `num_heads`, or the official head width of 64 (vit_tiny 3, vit_small 6, vit_base 12).
+pub fn infer_vit_config(sd: &StateDict, num_heads: Option<usize>) -> Result<VitConfig, String> {
+    let w = shape_of(sd, "patch_embed.proj.weight")?;
+    if w.len() != 4 || w[2] != w[3] {
+        return Err(format!("patch_embed.proj.weight has shape {w:?}; expected [dim, 3, p, p]"));
+    }
+    let (embed_dim, in_chans, patch_size) = (w[0], w[1], w[2]);
+    let pos = shape_of(sd, "pos_embed")?;
+    let n = pos.get(1).copied().unwrap_or(0).saturating_sub(1);
+    let grid = (n as f64).sqrt().round() as usize;
+    if pos.len() != 3 || grid * grid != n {
+        return Err(format!("pos_embed has shape {pos:?}; expected [1, 1 + g*g, dim]"));
+    }
+    let depth = sd
+        .keys()
+        .filter_map(|k| k.strip_prefix("blocks.")?.split('.').next()?.parse::<usize>().ok())
+        .max()
+        .map(|d| d + 1)
+        .ok_or("no blocks.* tensors: not a ViT backbone")?;
+    let hidden = shape_of(sd, "blocks.0.mlp.fc1.weight")?[0];
+    let num_heads = match num_heads {
+        Some(h) => h,
+        None if embed_dim % 64 == 0 => embed_dim / 64,
+        None => return Err(format!("cannot infer the head count of a {embed_dim}-dim model: give --arch or the head count")),
+    };
+    Ok(VitConfig {
+        img_size: grid * patch_size,
+        patch_size,
+        in_chans,
+        embed_dim,
+        depth,
+        num_heads,
+        mlp_ratio: hidden as f64 / embed_dim as f64,
+        drop_path_rate: 0.0,
+    })
+}
+
+/// DINO head shape from its tensors (`mlp.{0,2,4}`, `last_layer.weight_v`).
+pub fn infer_head_config(sd: &StateDict, norm_last_layer: bool) -> Result<HeadConfig, String> {
+    let v = shape_of(sd, "last_layer.weight_v")?;
+    let mut layers: Vec<usize> = sd
+        .keys()
+        .filter_map(|k| k.strip_prefix("mlp.")?.split('.').next()?.parse::<usize>().ok())
+        .collect();
+    layers.sort();
+    layers.dedup();
+    let (in_dim, hidden_dim, nlayers) = if layers.is_empty() {
+        // nlayers = 1: `mlp` is a bare Linear.
+        (shape_of(sd, "mlp.weight")?[1], 0, 1)
+    } else {
+        let first = shape_of(sd, "mlp.0.weight")?;
+        (first[1], first[0], layers.len())
+    };
+    Ok(HeadConfig { in_dim, out_dim: v[0], hidden_dim, bottleneck_dim: v[1], nlayers, norm_last_layer })
+}
+
+/// Serialise a backbone (and optionally its DINO head) as safetensors in the timm / official
+/// layout; the architecture goes into the metadata so the file is self-describing.
+pub fn export_safetensors(vit: &VisionTransformer, head: Option<&DinoHead>, dtype: ExportDType) -> Vec<u8> {
+    let mut all: StateDict = to_state_dict(vit);
+    if let Some(head) = head {
+        for (k, v) in to_state_dict(head) {
+            all.insert(format!("head.{k}"), v);
+        }
+    }
+    let mut meta = HashMap::new();
+    meta.insert("vit".to_string(), serde_json::to_string(vit.config()).unwrap());
+    if let Some(head) = head {
+        meta.insert("head".to_string(), serde_json::to_string(head.config()).unwrap());
+    }
+    serialize_safetensors(&all, dtype, meta)
+}
+
+/// Any state dict as safetensors bytes, with string metadata (plus `format: dino-rs`).
+pub fn serialize_safetensors(tensors: &StateDict, dtype: ExportDType, mut meta: HashMap<String, String>) -> Vec<u8> {
+    let bytes: Vec<(&String, &HostTensor, Vec<u8>)> = tensors
+        .iter()
+        .map(|(k, t)| {
+            let b = match dtype {
+                ExportDType::F32 => t.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                ExportDType::F16 => t.data.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
+            };
+            (k, t, b)
+        })
+        .collect();
+    let st_dtype = match dtype {
+        ExportDType::F32 => Dtype::F32,
+        ExportDType::F16 => Dtype::F16,
+    };
+    let views = bytes
+        .iter()
+        .map(|(k, t, b)| (k.as_str(), safetensors::tensor::TensorView::new(st_dtype, t.shape.clone(), b).unwrap()));
+    meta.insert("format".to_string(), METADATA_FORMAT.to_string());
+    safetensors::tensor::serialize(views, Some(meta)).expect("serialising safetensors")
+}

@@ -1,0 +1,99 @@
+//! Files that must never be left half-written: written to a temporary file in the same
+//! folder, flushed to disk, then renamed over the target (atomic on POSIX file systems).
+
+use std::io::Write;
+use std::path::Path;
+
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", dir.display()))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // Persist the rename itself.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::bail!("{}: cannot write: {e}", path.display());
+    }
+    Ok(())
+}
+
+use std::collections::HashMap;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use dino_shared::state_dict::{load_state_dict, to_state_dict, HostTensor, StateDict};
+use dino_shared::weights::{parse_safetensors, serialize_safetensors, ExportDType};
+
+use crate::config::TrainConfig;
+use crate::model::Dino;
+use crate::optim::AdamW;
+
+/// Everything needed to continue training exactly where it stopped.
+pub struct TrainState {
+    /// The next epoch to run.
+    pub epoch: usize,
+    pub student: Dino,
+    pub teacher: Dino,
+    pub optimizer: AdamW,
+    pub center: Tensor<2>,
+}
+
+fn prefixed(out: &mut StateDict, prefix: &str, sd: StateDict) {
+    for (k, v) in sd {
+        out.insert(format!("{prefix}.{k}"), v);
+    }
+}
+
+fn section(all: &StateDict, prefix: &str) -> StateDict {
+    let p = format!("{prefix}.");
+    all.iter().filter_map(|(k, v)| k.strip_prefix(&p).map(|s| (s.to_string(), v.clone()))).collect()
+}
+
+/// One safetensors file in the official checkpoint's structure: `student.*`, `teacher.*`
+/// (each `backbone.*` + `head.*`), `optimizer.*`, `dino_loss.center`; epoch and config in the
+/// metadata. `dino attention` / `dino export` read it directly (teacher by default).
+pub fn save_checkpoint(path: &Path, state: &TrainState, config: &TrainConfig) -> anyhow::Result<()> {
+    let mut all = StateDict::new();
+    prefixed(&mut all, "student", to_state_dict(&state.student));
+    prefixed(&mut all, "teacher", to_state_dict(&state.teacher));
+    let (opt, steps) = state.optimizer.to_host();
+    prefixed(&mut all, "optimizer", opt);
+    let center = state.center.clone().into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+    all.insert("dino_loss.center".into(), HostTensor::new(vec![1, center.len()], center));
+    let mut meta = HashMap::new();
+    meta.insert("epoch".into(), state.epoch.to_string());
+    meta.insert("args".into(), serde_json::to_string(config)?);
+    meta.insert("vit".into(), serde_json::to_string(state.teacher.backbone.config())?);
+    meta.insert("head".into(), serde_json::to_string(state.teacher.head.config())?);
+    meta.insert("optimizer_steps".into(), serde_json::to_string(&steps)?);
+    write_atomically(path, &serialize_safetensors(&all, ExportDType::F32, meta))
+}
+
+/// Restore a checkpoint written by [`save_checkpoint`] into freshly built modules.
+pub fn load_checkpoint(path: &Path, config: &TrainConfig, device: &Device) -> anyhow::Result<TrainState> {
+    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    let (all, meta) = parse_safetensors(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let bad = |m: String| anyhow::anyhow!("{}: {m}", path.display());
+    let epoch: usize = meta.get("epoch").and_then(|e| e.parse().ok()).ok_or_else(|| bad("no epoch: not a training checkpoint".into()))?;
+    let vit = config.vit()?;
+    let head = config.head(vit.embed_dim);
+    let student = load_state_dict(Dino::new(&vit, &head, &device.clone().autodiff()), &section(&all, "student"))
+        .map_err(|m| bad(format!("student does not fit the configuration ({m})")))?;
+    let teacher = load_state_dict(Dino::new(&vit, &head, device), &section(&all, "teacher"))
+        .map_err(|m| bad(format!("teacher does not fit the configuration ({m})")))?;
+    let steps: HashMap<String, u64> = serde_json::from_str(meta.get("optimizer_steps").map(String::as_str).unwrap_or("{}"))?;
+    // Optimizer moments live outside the autodiff graph, like the gradients they follow.
+    let optimizer = AdamW::from_host(&section(&all, "optimizer"), &steps, device)?;
+    let c = all.get("dino_loss.center").ok_or_else(|| bad("no dino_loss.center".into()))?;
+    let center = Tensor::from_data(TensorData::new(c.data.clone(), c.shape.clone()), device);
+    Ok(TrainState { epoch, student, teacher, optimizer, center })
+}

@@ -1,0 +1,111 @@
+//! `dino attention`: the last layer's per-head attention maps of one image
+//! (official visualize_attention.py), as PNGs, a composite grid and a raw `.npy`.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Tensor;
+use dino_shared::attention_maps::{composite, draw_mask, head_color, heatmap, overlay, AttentionMaps};
+use dino_shared::inference::{features_and_attention, grid_of};
+use dino_shared::preprocess;
+use image::RgbImage;
+
+use super::{image_size, ModelArgs};
+use crate::device::{self, DeviceChoice};
+use crate::images::open_image;
+use crate::npy::write_npy;
+
+#[derive(clap::Args, Debug)]
+#[command(rename_all = "snake_case")]
+pub struct AttentionArgs {
+    /// The picture to look at.
+    #[arg(long)]
+    pub image: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Resize to H W before cropping to a multiple of the patch (one value: square).
+    #[arg(long, num_args = 1..=2, default_values_t = [480])]
+    pub image_size: Vec<usize>,
+    /// Keep the smallest set of patches holding this share of each head's attention.
+    #[arg(long, default_value_t = 0.6)]
+    pub threshold: f32,
+    #[arg(long, default_value = ".")]
+    pub output_dir: PathBuf,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+}
+
+/// What one run produced, for callers that go on (the training command's final maps).
+pub struct AttentionOutput {
+    pub maps: AttentionMaps,
+    pub grid_png: PathBuf,
+}
+
+pub fn run(args: &AttentionArgs) -> anyhow::Result<AttentionOutput> {
+    let device = device::select(args.device);
+    let model = args.model.backbone(&device)?;
+    let (h, w) = image_size(&args.image_size)?;
+    anyhow::ensure!((0.0..=1.0).contains(&args.threshold), "--threshold must be in [0, 1], got {}", args.threshold);
+    let img = open_image(&args.image)?;
+    let input = preprocess::for_attention(&img, h, w, model.config().patch_size)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.image.display()))?;
+    let (_, attn) = features_and_attention(&model, &input, &device);
+    let maps = maps_from(attn, &model, &input);
+    let grid_png = write_outputs(&maps, &input.image, model.config().patch_size, args.threshold, &args.output_dir, 1)?;
+    eprintln!("wrote {} heads of {}x{} patches to {}", maps.heads, maps.grid_h, maps.grid_w, args.output_dir.display());
+    Ok(AttentionOutput { maps, grid_png })
+}
+
+pub fn maps_from(attn: Tensor<4>, model: &dino_shared::VisionTransformer, input: &preprocess::ModelInput) -> AttentionMaps {
+    let [_, heads, _, _] = attn.dims();
+    let (gh, gw) = grid_of(model, input);
+    let data = attn.into_data().convert::<f32>().try_into_vec::<f32>().expect("float attention");
+    AttentionMaps::from_last_attention(&data, heads, gh, gw)
+}
+
+/// Write every picture of the official script plus the mean overlay, the grid and the `.npy`.
+/// `scale` > 1 enlarges every picture (nearest neighbour) for tiny inputs such as 28 px data.
+pub fn write_outputs(
+    maps: &AttentionMaps,
+    image: &RgbImage,
+    patch: usize,
+    threshold: f32,
+    dir: &Path,
+    scale: u32,
+) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", dir.display()))?;
+    let save = |img: &RgbImage, name: &str| -> anyhow::Result<()> {
+        let path = dir.join(name);
+        let img = if scale > 1 {
+            image::imageops::resize(img, img.width() * scale, img.height() * scale, image::imageops::FilterType::Nearest)
+        } else {
+            img.clone()
+        };
+        img.save(&path).map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", path.display()))
+    };
+    let (gh, gw) = (maps.grid_h, maps.grid_w);
+    save(image, "img.png")?;
+    let mean_overlay = overlay(image, &heatmap(&maps.mean(), gh, gw, patch), 0.6);
+    save(&mean_overlay, "attn-mean-overlay.png")?;
+    let masks = maps.threshold_masks(threshold);
+    let mut heads = Vec::new();
+    let mut mask_pictures = Vec::new();
+    for j in 0..maps.heads {
+        let hm = heatmap(maps.head(j), gh, gw, patch);
+        save(&hm, &format!("attn-head{j}.png"))?;
+        heads.push(hm);
+        let m = draw_mask(image, &masks[j * gh * gw..(j + 1) * gh * gw], gh, gw, patch, head_color(j));
+        save(&m, &format!("mask_th{threshold}_head{j}.png"))?;
+        mask_pictures.push(m);
+    }
+    // Grid: picture, mean overlay, then one column per head; masks below the heads.
+    let blank = RgbImage::from_pixel(image.width(), image.height(), image::Rgb([255, 255, 255]));
+    let mut cells = vec![image.clone(), mean_overlay];
+    cells.extend(heads);
+    cells.push(blank.clone());
+    cells.push(blank);
+    cells.extend(mask_pictures);
+    let grid = composite(&cells, maps.heads + 2);
+    save(&grid, "attention-grid.png")?;
+    write_npy(&dir.join("attention.npy"), &[maps.heads, gh, gw], &maps.values)?;
+    Ok(dir.join("attention-grid.png"))
+}

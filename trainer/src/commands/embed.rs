@@ -1,0 +1,82 @@
+//! `dino embed`: CLS features of one image or a folder of images, one row per image, for
+//! retrieval and analysis (the k-NN evaluation's preprocessing: resize 256/224 + center crop).
+
+use std::path::PathBuf;
+
+use dino_shared::inference::batch_tensor;
+use dino_shared::preprocess::{self, ModelInput};
+
+use super::ModelArgs;
+use crate::device::{self, DeviceChoice};
+use crate::images::{list_images, open_image};
+use crate::npy::write_npy;
+
+#[derive(clap::Args, Debug)]
+#[command(rename_all = "snake_case")]
+pub struct EmbedArgs {
+    /// One picture.
+    #[arg(long, conflicts_with = "data_path", required_unless_present = "data_path")]
+    pub image: Option<PathBuf>,
+    /// A folder of pictures (searched recursively; rows sorted by path).
+    #[arg(long)]
+    pub data_path: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Side of the center crop the model sees.
+    #[arg(long, default_value_t = 224)]
+    pub image_size: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Output .npy (float32, images x dim); the image paths go to the same name with .txt.
+    #[arg(long)]
+    pub output: PathBuf,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+}
+
+pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
+    let files = match (&args.image, &args.data_path) {
+        (Some(img), _) => vec![img.clone()],
+        (None, Some(dir)) => list_images(dir)?,
+        (None, None) => unreachable!("clap requires one"),
+    };
+    anyhow::ensure!(!files.is_empty(), "no images found");
+    let device = device::select(args.device);
+    let model = args.model.backbone(&device)?;
+    let patch = model.config().patch_size;
+    let dim = model.config().embed_dim;
+    let mut rows: Vec<f32> = Vec::new();
+    let mut kept: Vec<String> = Vec::new();
+    let mut skipped = Vec::new();
+    for chunk in files.chunks(args.batch_size.max(1)) {
+        let mut inputs: Vec<ModelInput> = Vec::new();
+        for path in chunk {
+            let decoded = open_image(path).and_then(|img| {
+                preprocess::for_evaluation(&img, args.image_size, patch).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+            });
+            match decoded {
+                Ok(x) => {
+                    inputs.push(x);
+                    kept.push(path.display().to_string());
+                }
+                // One image alone is an error; in a folder a bad file is skipped and counted.
+                Err(e) if args.image.is_some() => return Err(e),
+                Err(e) => skipped.push(e.to_string()),
+            }
+        }
+        if inputs.is_empty() {
+            continue;
+        }
+        let refs: Vec<&ModelInput> = inputs.iter().collect();
+        let cls = model.forward(batch_tensor(&refs, &device));
+        rows.extend(cls.into_data().convert::<f32>().try_into_vec::<f32>().expect("float features"));
+    }
+    if !skipped.is_empty() {
+        eprintln!("warning: skipped {} unreadable file(s): {}", skipped.len(), skipped.join("; "));
+    }
+    anyhow::ensure!(!kept.is_empty(), "no readable images");
+    write_npy(&args.output, &[kept.len(), dim], &rows)?;
+    std::fs::write(args.output.with_extension("txt"), kept.join("\n") + "\n")?;
+    eprintln!("wrote {} x {dim} features to {}", kept.len(), args.output.display());
+    Ok(())
+}

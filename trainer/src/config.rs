@@ -1,0 +1,219 @@
+//! Training configuration: official `main_dino.py` flag names and defaults, presets for small
+//! images, loadable from TOML (`--config`), overridden by flags.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::augment::MultiCrop;
+use crate::device::DeviceChoice;
+use dino_shared::{HeadConfig, VitConfig};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    // Model (official names).
+    pub arch: String,
+    pub patch_size: usize,
+    pub out_dim: usize,
+    pub norm_last_layer: bool,
+    pub drop_path_rate: f64,
+    /// Free architecture for small images (used when `arch` is `custom`).
+    pub embed_dim: usize,
+    pub depth: usize,
+    pub num_heads: usize,
+    pub head_hidden_dim: usize,
+    pub head_bottleneck_dim: usize,
+    // Teacher and loss.
+    pub momentum_teacher: f64,
+    pub warmup_teacher_temp: f64,
+    pub teacher_temp: f64,
+    pub warmup_teacher_temp_epochs: usize,
+    // Optimisation.
+    pub weight_decay: f64,
+    pub weight_decay_end: f64,
+    pub clip_grad: f64,
+    pub batch_size_per_gpu: usize,
+    pub epochs: usize,
+    pub freeze_last_layer: usize,
+    pub lr: f64,
+    pub warmup_epochs: usize,
+    pub min_lr: f64,
+    // Multi-crop.
+    pub global_crops_scale: (f64, f64),
+    pub local_crops_number: usize,
+    pub local_crops_scale: (f64, f64),
+    pub global_crops_size: usize,
+    pub local_crops_size: usize,
+    // Run.
+    pub data_path: Option<PathBuf>,
+    pub output_dir: PathBuf,
+    pub saveckp_freq: usize,
+    pub seed: u64,
+    pub num_workers: usize,
+    pub device: DeviceChoice,
+    /// Stop after this many iterations in total (0: no limit); for smoke tests and benchmarks.
+    pub max_iters: usize,
+}
+
+impl Default for TrainConfig {
+    /// The official defaults (main_dino.py), ImageNet-sized.
+    fn default() -> Self {
+        Self {
+            arch: "vit_small".into(),
+            patch_size: 16,
+            out_dim: 65536,
+            norm_last_layer: true,
+            drop_path_rate: 0.1,
+            embed_dim: 192,
+            depth: 12,
+            num_heads: 3,
+            head_hidden_dim: 2048,
+            head_bottleneck_dim: 256,
+            momentum_teacher: 0.996,
+            warmup_teacher_temp: 0.04,
+            teacher_temp: 0.04,
+            warmup_teacher_temp_epochs: 0,
+            weight_decay: 0.04,
+            weight_decay_end: 0.4,
+            clip_grad: 3.0,
+            batch_size_per_gpu: 64,
+            epochs: 100,
+            freeze_last_layer: 1,
+            lr: 0.0005,
+            warmup_epochs: 10,
+            min_lr: 1e-6,
+            global_crops_scale: (0.4, 1.0),
+            local_crops_number: 8,
+            local_crops_scale: (0.05, 0.4),
+            global_crops_size: 224,
+            local_crops_size: 96,
+            data_path: None,
+            output_dir: PathBuf::from("."),
+            saveckp_freq: 20,
+            seed: 0,
+            num_workers: 10,
+            device: DeviceChoice::Auto,
+            max_iters: 0,
+        }
+    }
+}
+
+/// Starting points for common data; every value can still be overridden by flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preset {
+    /// Official ImageNet recipe: ViT-S/16, 224/96 crops, 2 + 8 crops.
+    Imagenet,
+    /// 64 px pictures (Tiny-ImageNet): ViT-tiny/8 on 64/32 crops.
+    TinyImagenet,
+    /// 28 px pictures (Fashion-MNIST, MNIST): a 4-block ViT/4 on 32/16 crops; the built-in default.
+    Small,
+}
+
+impl Preset {
+    pub fn config(self) -> TrainConfig {
+        let base = TrainConfig::default();
+        match self {
+            Preset::Imagenet => base,
+            Preset::TinyImagenet => TrainConfig {
+                arch: "vit_tiny".into(),
+                patch_size: 8,
+                out_dim: 8192,
+                global_crops_size: 64,
+                local_crops_size: 32,
+                local_crops_number: 6,
+                batch_size_per_gpu: 128,
+                momentum_teacher: 0.99,
+                ..base
+            },
+            Preset::Small => TrainConfig {
+                arch: "custom".into(),
+                patch_size: 4,
+                embed_dim: 96,
+                depth: 4,
+                num_heads: 3,
+                out_dim: 1024,
+                head_hidden_dim: 512,
+                head_bottleneck_dim: 128,
+                norm_last_layer: false,
+                drop_path_rate: 0.0,
+                global_crops_size: 32,
+                local_crops_size: 16,
+                local_crops_number: 4,
+                // The standard recipe's small-data advice (official issue tracker): momentum .99,
+                // lr 1e-3, a short warm-up.
+                momentum_teacher: 0.99,
+                lr: 0.001,
+                warmup_epochs: 1,
+                batch_size_per_gpu: 64,
+                epochs: 10,
+                saveckp_freq: 5,
+                num_workers: 2,
+                ..base
+            },
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn vit(&self) -> anyhow::Result<VitConfig> {
+        let img = self.global_crops_size;
+        anyhow::ensure!(
+            img % self.patch_size == 0 && self.local_crops_size % self.patch_size == 0,
+            "crop sizes {} / {} must be multiples of --patch_size {}",
+            self.global_crops_size,
+            self.local_crops_size,
+            self.patch_size
+        );
+        let cfg = if self.arch == "custom" {
+            anyhow::ensure!(self.embed_dim % self.num_heads == 0, "--embed_dim must be a multiple of --num_heads");
+            VitConfig::custom(img, self.patch_size, self.embed_dim, self.depth, self.num_heads)
+        } else {
+            let mut c = VitConfig::from_arch(&self.arch, self.patch_size)
+                .ok_or_else(|| anyhow::anyhow!("unknown --arch {} (vit_tiny, vit_small, vit_base or custom)", self.arch))?;
+            // The position embedding is made for the global crop size (224 on ImageNet).
+            c.img_size = img;
+            c
+        };
+        Ok(cfg.with_drop_path_rate(self.drop_path_rate))
+    }
+
+    pub fn head(&self, in_dim: usize) -> HeadConfig {
+        HeadConfig {
+            in_dim,
+            out_dim: self.out_dim,
+            hidden_dim: self.head_hidden_dim,
+            bottleneck_dim: self.head_bottleneck_dim,
+            nlayers: 3,
+            norm_last_layer: self.norm_last_layer,
+        }
+    }
+
+    pub fn multicrop(&self) -> MultiCrop {
+        // Official: without local crops, the global crops take the wider scale (0.14, 1).
+        let global_crops_scale = if self.local_crops_number == 0 && self.global_crops_scale == (0.4, 1.0) {
+            (0.14, 1.0)
+        } else {
+            self.global_crops_scale
+        };
+        MultiCrop {
+            global_size: self.global_crops_size,
+            local_size: self.local_crops_size,
+            global_crops_scale,
+            local_crops_scale: self.local_crops_scale,
+            local_crops_number: self.local_crops_number,
+        }
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.batch_size_per_gpu > 0, "--batch_size_per_gpu must be positive");
+        anyhow::ensure!(self.epochs > 0, "--epochs must be positive");
+        anyhow::ensure!(self.freeze_last_layer <= self.epochs, "--freeze_last_layer exceeds --epochs");
+        let ok = |s: (f64, f64)| 0.0 < s.0 && s.0 <= s.1 && s.1 <= 1.0;
+        anyhow::ensure!(ok(self.global_crops_scale), "--global_crops_scale must satisfy 0 < min <= max <= 1");
+        anyhow::ensure!(ok(self.local_crops_scale), "--local_crops_scale must satisfy 0 < min <= max <= 1");
+        self.vit()?;
+        Ok(())
+    }
+}

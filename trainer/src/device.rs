@@ -1,0 +1,55 @@
+//! `--device`: wgpu (any GPU through Vulkan / Metal / DX12, or CUDA with the `cuda` feature) or
+//! cpu (Burn's flex backend). Without a usable GPU adapter we fall back to cpu and say so.
+
+use burn::tensor::Device;
+use clap::ValueEnum;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// A hardware GPU through wgpu when there is one, else cpu.
+    Auto,
+    /// wgpu on whatever adapter exists, a software one (Mesa lavapipe) included.
+    Wgpu,
+    /// NVIDIA GPU through CUDA (build with `--features cuda`).
+    Cuda,
+    /// Burn's flex CPU backend.
+    Cpu,
+}
+
+/// Resolve the choice to a device, printing what runs (on stderr).
+pub fn select(choice: DeviceChoice) -> Device {
+    match choice {
+        DeviceChoice::Cpu => cpu("--device cpu"),
+        DeviceChoice::Cuda => cuda(),
+        DeviceChoice::Wgpu | DeviceChoice::Auto => match Device::wgpu_options().init_with_setup() {
+            Ok((device, setup)) => {
+                let info = setup.adapter.get_info();
+                let software = info.device_type == burn::tensor::wgpu::wgpu::DeviceType::Cpu;
+                if software && choice == DeviceChoice::Auto {
+                    cpu(&format!("only a software GPU adapter ({}); --device wgpu forces it", info.name))
+                } else {
+                    eprintln!("device: wgpu on {} ({:?}, {:?})", info.name, info.device_type, info.backend);
+                    device
+                }
+            }
+            Err(e) => cpu(&format!("no GPU adapter ({e})")),
+        },
+    }
+}
+
+fn cpu(why: &str) -> Device {
+    eprintln!("device: cpu (flex): {why}");
+    Device::flex()
+}
+
+#[cfg(feature = "cuda")]
+fn cuda() -> Device {
+    eprintln!("device: cuda:0");
+    Device::cuda(0)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda() -> Device {
+    cpu("this binary was built without the `cuda` feature")
+}

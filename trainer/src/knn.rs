@@ -1,0 +1,146 @@
+//! The official weighted k-NN evaluation (eval_knn.py): L2-normalised CLS features, cosine
+//! similarity to every training feature, the k most similar vote for their class with weight
+//! exp(similarity / T), T = 0.07. Test features are processed in chunks against all training
+//! features on the device, so memory stays bounded at 100k+ images.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use dino_shared::inference::batch_tensor;
+use dino_shared::preprocess::{self, ModelInput};
+use dino_shared::VisionTransformer;
+
+use crate::data::Dataset;
+
+/// CLS features ([n, dim], L2-normalised rows) and labels of a dataset. Unreadable files are
+/// skipped; their number is returned.
+pub fn extract_features(
+    model: &VisionTransformer,
+    data: &Dataset,
+    image_size: usize,
+    batch_size: usize,
+    device: &Device,
+) -> anyhow::Result<(Vec<f32>, Vec<usize>, usize)> {
+    let patch = model.config().patch_size;
+    let mut feats = Vec::new();
+    let mut labels = Vec::new();
+    let mut skipped = 0;
+    let indices: Vec<usize> = (0..data.len()).collect();
+    for chunk in indices.chunks(batch_size.max(1)) {
+        // Decode and preprocess the chunk on two threads while keeping the order.
+        let prepared: Vec<Option<ModelInput>> = std::thread::scope(|s| {
+            let half = chunk.len().div_ceil(2);
+            let work = |part: &[usize]| -> Vec<Option<ModelInput>> {
+                part.iter()
+                    .map(|&i| {
+                        let img = data.load(i).ok()?;
+                        preprocess::for_evaluation(&image::DynamicImage::ImageRgb8(img), image_size, patch).ok()
+                    })
+                    .collect()
+            };
+            let (a, b) = chunk.split_at(half);
+            let hb = s.spawn(move || work(b));
+            let mut out = work(a);
+            out.extend(hb.join().unwrap());
+            out
+        });
+        let mut inputs = Vec::new();
+        for (x, &i) in prepared.into_iter().zip(chunk) {
+            match x {
+                Some(x) => {
+                    inputs.push(x);
+                    labels.push(data.label(i));
+                }
+                None => skipped += 1,
+            }
+        }
+        if inputs.is_empty() {
+            continue;
+        }
+        let refs: Vec<&ModelInput> = inputs.iter().collect();
+        let f = model.forward(batch_tensor(&refs, device));
+        let norm = f.clone().powi_scalar(2).sum_dim(1).sqrt().clamp_min(1e-12);
+        feats.extend((f / norm).into_data().convert::<f32>().try_into_vec::<f32>().unwrap());
+    }
+    Ok((feats, labels, skipped))
+}
+
+/// Top-1 and top-5 accuracy (%) of the weighted k-NN classifier for each k.
+#[allow(clippy::too_many_arguments)]
+pub fn knn_classifier(
+    train: &[f32],
+    train_labels: &[usize],
+    test: &[f32],
+    test_labels: &[usize],
+    dim: usize,
+    ks: &[usize],
+    temperature: f64,
+    num_classes: usize,
+    device: &Device,
+) -> Vec<(usize, f64, f64)> {
+    let n_train = train_labels.len();
+    let n_test = test_labels.len();
+    let kmax = ks.iter().cloned().max().unwrap_or(1).min(n_train);
+    let train_t: Tensor<2> = Tensor::from_data(TensorData::new(train.to_vec(), [n_train, dim]), device).transpose();
+    let mut correct = vec![(0usize, 0usize); ks.len()];
+    let chunk = (4_000_000 / n_train.max(1)).clamp(1, 256);
+    for start in (0..n_test).step_by(chunk) {
+        let rows = chunk.min(n_test - start);
+        let q: Tensor<2> = Tensor::from_data(TensorData::new(test[start * dim..(start + rows) * dim].to_vec(), [rows, dim]), device);
+        let sim = q.matmul(train_t.clone()).into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+        for r in 0..rows {
+            let row = &sim[r * n_train..(r + 1) * n_train];
+            let mut idx: Vec<usize> = (0..n_train).collect();
+            // The kmax most similar, sorted by decreasing similarity (torch.topk, sorted).
+            if kmax < n_train {
+                idx.select_nth_unstable_by(kmax - 1, |&a, &b| row[b].total_cmp(&row[a]));
+                idx.truncate(kmax);
+            }
+            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            let target = test_labels[start + r];
+            for (ki, &k) in ks.iter().enumerate() {
+                let k = k.min(n_train);
+                let mut votes = vec![0f64; num_classes];
+                for &j in &idx[..k] {
+                    votes[train_labels[j]] += (row[j] as f64 / temperature).exp();
+                }
+                let mut order: Vec<usize> = (0..num_classes).collect();
+                order.sort_by(|&a, &b| votes[b].total_cmp(&votes[a]));
+                if order[0] == target {
+                    correct[ki].0 += 1;
+                }
+                if order.iter().take(5.min(num_classes)).any(|&c| c == target) {
+                    correct[ki].1 += 1;
+                }
+            }
+        }
+    }
+    ks.iter()
+        .zip(correct)
+        .map(|(&k, (c1, c5))| (k, 100.0 * c1 as f64 / n_test as f64, 100.0 * c5 as f64 / n_test as f64))
+        .collect()
+}
+
+/// Extract both splits and classify; prints the official result lines.
+pub fn evaluate(
+    model: &VisionTransformer,
+    train: &Dataset,
+    val: &Dataset,
+    image_size: usize,
+    batch_size: usize,
+    ks: &[usize],
+    temperature: f64,
+    device: &Device,
+) -> anyhow::Result<Vec<(usize, f64, f64)>> {
+    let (tf, tl, ts) = extract_features(model, train, image_size, batch_size, device)?;
+    let (vf, vl, vs) = extract_features(model, val, image_size, batch_size, device)?;
+    if ts + vs > 0 {
+        eprintln!("warning: skipped {} unreadable file(s) during feature extraction", ts + vs);
+    }
+    anyhow::ensure!(!tl.is_empty() && !vl.is_empty(), "no readable images for the k-NN evaluation");
+    let classes = train.num_classes().max(val.num_classes());
+    let dim = model.config().embed_dim;
+    let results = knn_classifier(&tf, &tl, &vf, &vl, dim, ks, temperature, classes, device);
+    for (k, top1, top5) in &results {
+        println!("{k}-NN classifier result: Top1: {top1:.2}, Top5: {top5:.2}");
+    }
+    Ok(results)
+}

@@ -1,0 +1,66 @@
+//! `dino`: DINO self-supervised ViTs from the command line.
+
+mod augment;
+mod checkpoint;
+mod commands;
+mod config;
+mod data;
+mod device;
+mod ema;
+mod images;
+mod knn;
+mod loader;
+mod loss;
+mod model;
+mod npy;
+mod optim;
+mod plot;
+mod schedule;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "dino", version, about = "DINO (self-distillation with no labels) in Rust on Burn")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Self-supervised DINO training (official main_dino.py flags); without --data_path it
+    /// trains on the embedded Fashion-MNIST subset, then evaluates k-NN and draws attention maps.
+    Train(Box<commands::train::TrainArgs>),
+    /// Weighted k-NN evaluation (official eval_knn.py).
+    Knn(commands::knn::KnnArgs),
+    /// Linear probe on frozen features (official eval_linear.py).
+    Linear(commands::linear::LinearArgs),
+    /// Fetch and unpack a dataset (resumable, checksum-verified).
+    Download(commands::download::DownloadArgs),
+    /// Per-head attention maps of the last layer for one image.
+    Attention(commands::attention::AttentionArgs),
+    /// CLS features of images as a .npy matrix.
+    Embed(commands::embed::EmbedArgs),
+    /// Convert weights to one compact safetensors file (the web page's format).
+    Export(commands::export::ExportArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Train(a) => commands::train::run(a),
+        Command::Knn(a) => commands::knn::run(a),
+        Command::Linear(a) => commands::linear::run(a).map(|_| ()),
+        Command::Download(a) => commands::download::run(a),
+        Command::Attention(a) => commands::attention::run(a).map(|_| ()),
+        Command::Embed(a) => commands::embed::run(a),
+        Command::Export(a) => commands::export::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        // A run that stopped itself (non-finite loss) exits 1; bad input (one line naming the
+        // file and the problem) exits 2.
+        let code = if e.downcast_ref::<commands::train::TrainingStopped>().is_some() { 1 } else { 2 };
+        std::process::exit(code);
+    }
+}

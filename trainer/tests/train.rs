@@ -1,0 +1,151 @@
+//! End-to-end training through the real binary on real pictures (a slice of the embedded
+//! Fashion-MNIST subset): the loss falls, an interrupted run resumes to the same numbers as an
+//! uninterrupted one, a diverging run stops and keeps its last checkpoint, bad files are skipped.
+
+mod common;
+use common::*;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The first `n` training pictures of the embedded subset, as an IDX pair.
+fn small_idx(n: usize, name: &str) -> PathBuf {
+    let dir = temp_dir(name);
+    let src = repo().join("data/fashion-mnist-mini");
+    let read = |f: &str| {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(src.join(f)).unwrap()).read_to_end(&mut out).unwrap();
+        out
+    };
+    let images = read("train-images-idx3-ubyte.gz");
+    let labels = read("train-labels-idx1-ubyte.gz");
+    let mut img = vec![0, 0, 8, 3];
+    for d in [n as u32, 28, 28] {
+        img.extend_from_slice(&d.to_be_bytes());
+    }
+    img.extend_from_slice(&images[16..16 + n * 784]);
+    let mut lab = vec![0, 0, 8, 1];
+    lab.extend_from_slice(&(n as u32).to_be_bytes());
+    lab.extend_from_slice(&labels[8..8 + n]);
+    std::fs::write(dir.join("train-images-idx3-ubyte"), img).unwrap();
+    std::fs::write(dir.join("train-labels-idx1-ubyte"), lab).unwrap();
+    dir
+}
+
+/// A quick configuration of the small preset: 4 iterations of 16 pictures per epoch.
+fn train_args<'a>(data: &'a Path, out: &'a Path, epochs: &'a str) -> Vec<&'a str> {
+    vec![
+        "train", "--data_path", s(data), "--output_dir", s(out), "--preset", "small", "--epochs", epochs,
+        "--batch_size_per_gpu", "16", "--device", "cpu", "--num_workers", "2", "--skip_eval", "--seed", "7",
+        "--warmup_epochs", "1",
+    ]
+}
+
+#[derive(serde::Deserialize)]
+struct EpochLog {
+    epoch: usize,
+    train_loss: f64,
+    iter_losses: Vec<f64>,
+}
+
+fn read_log(out: &Path) -> Vec<EpochLog> {
+    std::fs::read_to_string(out.join("log.txt"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn loss_falls_on_real_pictures() {
+    let data = small_idx(64, "train-falls-data");
+    let out = temp_dir("train-falls");
+    let r = dino(&train_args(&data, &out, "5"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let log = read_log(&out);
+    assert_eq!(log.len(), 5);
+    assert!(log.last().unwrap().train_loss < log[0].train_loss - 0.05, "loss did not fall: {:?}", log.iter().map(|l| l.train_loss).collect::<Vec<_>>());
+    for f in ["checkpoint.safetensors", "loss.png", "checkpoint0005.safetensors"] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    // The checkpoint is also a weights file for the other commands (teacher by default).
+    let grid = temp_dir("train-falls-attn");
+    let r = dino(&[
+        "attention", "--image", s(&image("astronaut.jpg")), "--pretrained_weights", s(&out.join("checkpoint.safetensors")),
+        "--image_size", "32", "--output_dir", s(&grid), "--device", "cpu",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(npy_shape(&grid.join("attention.npy")), vec![3, 8, 8]);
+}
+
+#[test]
+fn killed_and_resumed_run_equals_uninterrupted_run() {
+    let data = small_idx(64, "resume-data");
+    let whole = temp_dir("resume-whole");
+    let r = dino(&train_args(&data, &whole, "4"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let reference = read_log(&whole);
+
+    let cut = temp_dir("resume-cut");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dino"))
+        .args(train_args(&data, &cut, "4"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while read_log(&cut).is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(600), "first epoch never finished");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let done_before = read_log(&cut).len();
+    assert!(done_before < 4, "the run finished before it could be killed");
+
+    let r = dino(&train_args(&data, &cut, "4"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("resuming from"), "{}", r.stderr);
+    let resumed = read_log(&cut);
+    assert_eq!(resumed.len(), 4);
+    for (a, b) in reference.iter().zip(&resumed) {
+        assert_eq!(a.epoch, b.epoch);
+        assert_eq!(a.iter_losses, b.iter_losses, "epoch {} differs after resuming (killed after {done_before})", a.epoch);
+    }
+}
+
+#[test]
+fn non_finite_loss_stops_and_keeps_the_last_checkpoint() {
+    let data = small_idx(32, "nan-data");
+    let out = temp_dir("nan");
+    let r = dino(&train_args(&data, &out, "1"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let before = std::fs::read(out.join("checkpoint.safetensors")).unwrap();
+    let mut args = train_args(&data, &out, "3");
+    args.extend_from_slice(&["--lr", "1e30", "--clip_grad", "0"]);
+    let r = dino(&args);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let line = r.error_line();
+    assert!(line.contains("loss is") && line.contains("checkpoint.safetensors"), "{line}");
+    assert_eq!(std::fs::read(out.join("checkpoint.safetensors")).unwrap(), before, "checkpoint changed");
+}
+
+#[test]
+fn unreadable_files_in_an_image_folder_are_skipped_and_counted() {
+    let data = temp_dir("folder-data");
+    for (class, files) in [("cat", ["chelsea.jpg", "coffee.png"]), ("person", ["astronaut.jpg", "gray.png"])] {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        for f in files {
+            std::fs::copy(image(f), data.join(class).join(f)).unwrap();
+        }
+    }
+    std::fs::copy(image("not-an-image.jpg"), data.join("cat").join("broken.jpg")).unwrap();
+    let out = temp_dir("folder-out");
+    let r = dino(&[
+        "train", "--data_path", s(&data), "--output_dir", s(&out), "--preset", "small", "--epochs", "1",
+        "--batch_size_per_gpu", "5", "--device", "cpu", "--skip_eval",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("skipped 1 unreadable") && r.stderr.contains("broken.jpg"), "{}", r.stderr);
+    assert_eq!(read_log(&out).len(), 1);
+}

@@ -1,0 +1,211 @@
+//! dino-web: the ViT of `dino-shared`, compiled to WASM, on WebGPU when the browser offers an
+//! adapter and on Burn's CPU backend (flex) otherwise. Decoding, preprocessing and every
+//! picture drawn (heat maps, overlays, threshold masks) come from `dino-shared`, so the page
+//! shows the same numbers as `dino attention` on the command line.
+//!
+//! JavaScript sees three things: [`create_engine`] (once per page; every widget shares it),
+//! [`Engine::load_weights`] and [`Engine::analyze`], which returns an [`Analysis`] to draw from.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use burn::tensor::Device;
+use dino_shared::attention_maps::{composite, draw_mask, head_color, heatmap, overlay, AttentionMaps};
+use dino_shared::inference::{features_and_attention, grid_of};
+use dino_shared::preprocess::{self};
+use dino_shared::weights::{ArchSpec, WeightsFile};
+use dino_shared::VisionTransformer;
+use image::RgbImage;
+use wasm_bindgen::prelude::*;
+
+fn now_ms() -> f64 {
+    web_sys::window().and_then(|w| w.performance()).map(|p| p.now()).unwrap_or(0.0)
+}
+
+struct State {
+    device: Device,
+    backend: String,
+    /// Loaded models by the name the page gave them (the default model, a user's file, ...).
+    models: HashMap<String, VisionTransformer>,
+}
+
+/// The page's one model on one device, shared by every widget.
+#[wasm_bindgen]
+#[derive(Clone)]
+pub struct Engine {
+    state: Rc<RefCell<State>>,
+}
+
+/// Start the engine: WebGPU when `prefer_webgpu` and the browser gives an adapter, else CPU.
+#[wasm_bindgen]
+pub async fn create_engine(prefer_webgpu: bool) -> Engine {
+    let mut backend = "cpu".to_string();
+    let mut device = Device::flex();
+    let has_gpu = web_sys::window()
+        .map(|w| js_sys::Reflect::has(&w.navigator(), &JsValue::from_str("gpu")).unwrap_or(false))
+        .unwrap_or(false);
+    if prefer_webgpu && has_gpu {
+        match Device::wgpu_options().graphics_api(burn::tensor::wgpu::WgpuBackend::WebGpu).init_async().await {
+            Ok(d) => {
+                device = d;
+                backend = "webgpu".into();
+            }
+            Err(e) => web_sys::console::warn_1(&format!("WebGPU unavailable ({e}); using the CPU backend").into()),
+        }
+    }
+    Engine { state: Rc::new(RefCell::new(State { device, backend, models: HashMap::new() })) }
+}
+
+#[wasm_bindgen]
+impl Engine {
+    /// "webgpu" or "cpu".
+    pub fn backend(&self) -> String {
+        self.state.borrow().backend.clone()
+    }
+
+    pub fn has_model(&self, name: &str) -> bool {
+        self.state.borrow().models.contains_key(name)
+    }
+
+    /// Load a safetensors file made by `dino export` (or timm-layout safetensors of an official
+    /// architecture) under `name`. Returns a JSON description; a file that is not a model is an
+    /// error and whatever was loaded before stays.
+    pub fn load_weights(&self, name: &str, file_name: &str, bytes: &[u8]) -> Result<String, JsError> {
+        let file = WeightsFile::from_safetensors_bytes(file_name, bytes, "teacher").map_err(|e| JsError::new(&e.to_string()))?;
+        let device = self.state.borrow().device.clone();
+        let model = file.backbone_model(&ArchSpec::default(), &device).map_err(|e| JsError::new(&e.to_string()))?;
+        let cfg = model.config().clone();
+        self.state.borrow_mut().models.insert(name.to_string(), model);
+        Ok(serde_json::json!({
+            "name": name,
+            "file": file_name,
+            "arch": cfg.arch_name(),
+            "patch_size": cfg.patch_size,
+            "embed_dim": cfg.embed_dim,
+            "depth": cfg.depth,
+            "num_heads": cfg.num_heads,
+            "img_size": cfg.img_size,
+        })
+        .to_string())
+    }
+
+    /// Decode, preprocess (resize to height x width, crop to the patch grid) and run the model.
+    /// Resolves to an [`Analysis`]; rejects with a readable message on a bad picture.
+    pub fn analyze(&self, model_name: String, image_bytes: Vec<u8>, height: usize, width: usize) -> js_sys::Promise {
+        let state = self.state.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let (model, device) = {
+                let st = state.borrow();
+                let model = st
+                    .models
+                    .get(&model_name)
+                    .cloned()
+                    .ok_or_else(|| JsValue::from(JsError::new(&format!("no model named {model_name} is loaded"))))?;
+                (model, st.device.clone())
+            };
+            let analysis = analyze(&model, &device, &image_bytes, height, width).await.map_err(|e| JsValue::from(JsError::new(&e)))?;
+            Ok(JsValue::from(analysis))
+        })
+    }
+}
+
+async fn analyze(model: &VisionTransformer, device: &Device, bytes: &[u8], height: usize, width: usize) -> Result<Analysis, String> {
+    let img = preprocess::decode_image(bytes)?;
+    let patch = model.config().patch_size;
+    let input = preprocess::for_attention(&img, height, width, patch).map_err(|e| e.to_string())?;
+    let start = now_ms();
+    let (_, attn) = features_and_attention(model, &input, device);
+    let [_, heads, _, _] = attn.dims();
+    let data = attn.into_data_async().await.map_err(|e| format!("reading the attention back failed: {e:?}"))?;
+    let forward_ms = now_ms() - start;
+    let values = data.convert::<f32>().try_into_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+    let (gh, gw) = grid_of(model, &input);
+    Ok(Analysis { maps: AttentionMaps::from_last_attention(&values, heads, gh, gw), image: input.image, patch, forward_ms })
+}
+
+fn rgba(img: &RgbImage) -> Vec<u8> {
+    img.pixels().flat_map(|p| [p.0[0], p.0[1], p.0[2], 255]).collect()
+}
+
+/// The result for one picture; every drawing is RGBA bytes of `width() x height()` pixels
+/// (the grid picture excepted: see [`Analysis::grid_rgba`]).
+#[wasm_bindgen]
+pub struct Analysis {
+    maps: AttentionMaps,
+    image: RgbImage,
+    patch: usize,
+    forward_ms: f64,
+}
+
+#[wasm_bindgen]
+impl Analysis {
+    pub fn heads(&self) -> usize {
+        self.maps.heads
+    }
+    pub fn grid_h(&self) -> usize {
+        self.maps.grid_h
+    }
+    pub fn grid_w(&self) -> usize {
+        self.maps.grid_w
+    }
+    pub fn width(&self) -> u32 {
+        self.image.width()
+    }
+    pub fn height(&self) -> u32 {
+        self.image.height()
+    }
+    /// Time of the forward pass including the read-back, in milliseconds.
+    pub fn forward_ms(&self) -> f64 {
+        self.forward_ms
+    }
+    /// Raw per-head CLS attention, [heads, grid_h, grid_w] (what `attention.npy` holds natively).
+    pub fn values(&self) -> Vec<f32> {
+        self.maps.values.clone()
+    }
+    pub fn image_rgba(&self) -> Vec<u8> {
+        rgba(&self.image)
+    }
+    /// Head-mean map coloured and blended over the picture.
+    pub fn mean_overlay_rgba(&self, opacity: f32) -> Vec<u8> {
+        let hm = heatmap(&self.maps.mean(), self.maps.grid_h, self.maps.grid_w, self.patch);
+        rgba(&overlay(&self.image, &hm, opacity))
+    }
+    /// Head `j`'s map coloured and blended over the picture.
+    pub fn head_rgba(&self, j: usize, opacity: f32) -> Vec<u8> {
+        let hm = heatmap(self.maps.head(j), self.maps.grid_h, self.maps.grid_w, self.patch);
+        rgba(&overlay(&self.image, &hm, opacity))
+    }
+    /// Head `j`'s official threshold mask drawn over the picture.
+    pub fn mask_rgba(&self, j: usize, threshold: f32) -> Vec<u8> {
+        let n = self.maps.grid_h * self.maps.grid_w;
+        let masks = self.maps.threshold_masks(threshold);
+        rgba(&draw_mask(&self.image, &masks[j * n..(j + 1) * n], self.maps.grid_h, self.maps.grid_w, self.patch, head_color(j)))
+    }
+    /// All heads' masks over one picture (each head in its colour).
+    pub fn masks_rgba(&self, threshold: f32) -> Vec<u8> {
+        let n = self.maps.grid_h * self.maps.grid_w;
+        let masks = self.maps.threshold_masks(threshold);
+        let mut img = self.image.clone();
+        for j in 0..self.maps.heads {
+            img = draw_mask(&img, &masks[j * n..(j + 1) * n], self.maps.grid_h, self.maps.grid_w, self.patch, head_color(j));
+        }
+        rgba(&img)
+    }
+    /// Side by side: the picture, the mean overlay and every head (for a quick export).
+    pub fn grid_rgba(&self, opacity: f32) -> Vec<u8> {
+        rgba(&self.grid(opacity))
+    }
+    pub fn grid_width(&self, opacity: f32) -> u32 {
+        self.grid(opacity).width()
+    }
+}
+
+impl Analysis {
+    fn grid(&self, opacity: f32) -> RgbImage {
+        let (gh, gw) = (self.maps.grid_h, self.maps.grid_w);
+        let mut cells = vec![self.image.clone(), overlay(&self.image, &heatmap(&self.maps.mean(), gh, gw, self.patch), opacity)];
+        cells.extend((0..self.maps.heads).map(|j| heatmap(self.maps.head(j), gh, gw, self.patch)));
+        composite(&cells, cells.len())
+    }
+}

@@ -1,0 +1,125 @@
+// Browser tests of the trunk build (dist/) in Debian's headless Chromium, driven by
+// playwright-core. Usage: node web/tests/browser.mjs DIST NATIVE_NPY SCREENSHOT_DIR
+//
+// Checks: the page loads and runs on WebGPU (--enable-unsafe-webgpu; SwiftShader here) and on
+// the CPU backend (no flag); the attention values read back from the page equal the native
+// `dino attention` values (max abs diff <= 1e-3); the widget page renders two widgets; a text
+// file named .jpg, an empty file and a wrong weights file each show an error and the page keeps
+// working. Screenshots go to SCREENSHOT_DIR.
+import { chromium } from 'playwright-core';
+import http from 'node:http';
+import fs from 'node:fs';
+import path from 'node:path';
+import os from 'node:os';
+
+const [dist, nativeNpy, shots] = process.argv.slice(2);
+const repo = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
+fs.mkdirSync(shots, { recursive: true });
+
+function readNpy(file) {
+  const b = fs.readFileSync(file);
+  const hlen = b.readUInt16LE(8);
+  const header = b.subarray(10, 10 + hlen).toString();
+  const shape = header.match(/'shape': \(([^)]*)\)/)[1].split(',').filter((s) => s.trim()).map(Number);
+  const data = new Float32Array(b.buffer.slice(b.byteOffset + 10 + hlen, b.byteOffset + b.length));
+  return { shape, data };
+}
+
+const types = { '.html': 'text/html', '.js': 'text/javascript', '.wasm': 'application/wasm', '.jpg': 'image/jpeg', '.png': 'image/png', '.safetensors': 'application/octet-stream', '.css': 'text/css' };
+const server = http.createServer((req, res) => {
+  const url = new URL(req.url, 'http://x');
+  let file = path.join(dist, decodeURIComponent(url.pathname));
+  if (fs.existsSync(file) && fs.statSync(file).isDirectory()) file = path.join(file, 'index.html');
+  if (!file.startsWith(path.resolve(dist)) || !fs.existsSync(file)) { res.writeHead(404); return res.end('not found'); }
+  res.writeHead(200, { 'Content-Type': types[path.extname(file)] || 'application/octet-stream' });
+  fs.createReadStream(file).pipe(res);
+});
+await new Promise((r) => server.listen(0, '127.0.0.1', r));
+const base = `http://127.0.0.1:${server.address().port}`;
+
+const failures = [];
+const check = (ok, what) => { console.log(`${ok ? 'ok  ' : 'FAIL'} ${what}`); if (!ok) failures.push(what); };
+const timings = {};
+
+async function withBrowser(webgpu, fn) {
+  const args = ['--no-sandbox', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-quic', `--user-data-dir=${fs.mkdtempSync(path.join(os.tmpdir(), 'dino-chromium-'))}`];
+  if (webgpu) args.push('--enable-unsafe-webgpu');
+  const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', headless: true, args });
+  try { await fn(browser); } finally { await browser.close(); }
+}
+
+async function openPage(browser, query = '') {
+  const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
+  page.on('pageerror', (e) => console.log('  page error:', e.message));
+  await page.goto(`${base}/index.html${query}`);
+  await page.waitForFunction(() => window.dinoPage && (window.dinoPage.ready || window.dinoPage.error), null, { timeout: 300000 });
+  return page;
+}
+
+async function analyzeFile(page, file) {
+  const runs = await page.evaluate(() => window.dinoPage.runs);
+  const errBefore = await page.evaluate(() => window.dinoPage.error);
+  await page.setInputFiles('#file', file);
+  await page.waitForFunction(([r, e]) => window.dinoPage.runs > r || (window.dinoPage.error && window.dinoPage.error !== e), [runs, errBefore], { timeout: 300000 });
+  return page.evaluate(() => ({ ...window.dinoPage }));
+}
+
+const native = readNpy(nativeNpy);
+const photo = path.join(repo, 'tests/images/astronaut.jpg');
+
+for (const [label, webgpu, query] of [['webgpu', true, ''], ['cpu', false, '']]) {
+  await withBrowser(webgpu, async (browser) => {
+    const page = await openPage(browser, query);
+    const state = await page.evaluate(() => ({ ...window.dinoPage }));
+    check(state.ready && !state.error, `${label}: page loads and runs the sample (${state.error || 'no error'})`);
+    check(state.backend === label, `${label}: backend is ${state.backend}`);
+    // Same picture and size as the native run (224 px).
+    await page.selectOption('#size', '224');
+    await page.waitForFunction(() => window.dinoPage.runs >= 2, null, { timeout: 300000 });
+    const s = await analyzeFile(page, photo);
+    const same = s.values && s.values.length === native.data.length;
+    let maxDiff = Infinity;
+    if (same) { maxDiff = 0; for (let i = 0; i < native.data.length; i++) maxDiff = Math.max(maxDiff, Math.abs(s.values[i] - native.data[i])); }
+    check(same && maxDiff <= 1e-3, `${label}: attention equals native dino attention (max abs diff ${maxDiff.toExponential(2)}, ${s.heads} heads ${s.gridH}x${s.gridW})`);
+    timings[label] = s.forwardMs;
+    console.log(`  ${label}: forward pass ${s.forwardMs.toFixed(1)} ms at 224 px`);
+    await page.screenshot({ path: path.join(shots, `page-${label}.png`), fullPage: true });
+    if (label === 'webgpu') {
+      await page.selectOption('#view-mode', 'masks');
+      await page.screenshot({ path: path.join(shots, `page-${label}-masks.png`), fullPage: true });
+      await page.selectOption('#view-mode', 'mean');
+    }
+    // Bad input: each shows an error and the page keeps working.
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'dino-bad-'));
+    const textJpg = path.join(tmp, 'notes.jpg'); fs.writeFileSync(textJpg, 'this is text, not a picture\n');
+    const empty = path.join(tmp, 'empty.jpg'); fs.writeFileSync(empty, '');
+    const badWeights = path.join(tmp, 'wrong.safetensors'); fs.writeFileSync(badWeights, 'not weights at all');
+    for (const f of [textJpg, empty]) {
+      const r = await analyzeFile(page, f);
+      check(!!r.error && r.error.includes(path.basename(f)), `${label}: ${path.basename(f)} shows an error (${r.error})`);
+    }
+    await page.setInputFiles('#weights-file', badWeights);
+    await page.waitForFunction(() => window.dinoPage.error && window.dinoPage.error.includes('wrong.safetensors'), null, { timeout: 60000 });
+    const werr = await page.evaluate(() => window.dinoPage.error);
+    check(werr.includes('not a weights file'), `${label}: wrong weights file shows an error (${werr})`);
+    await page.screenshot({ path: path.join(shots, `page-${label}-error.png`) });
+    const again = await analyzeFile(page, photo);
+    check(!again.error && again.values.length === native.data.length, `${label}: the page still works after the errors`);
+    await page.close();
+
+    if (webgpu) {
+      const docs = await browser.newPage({ viewport: { width: 900, height: 1100 } });
+      await docs.goto(`${base}/docs/example.html`);
+      await docs.waitForFunction(() => [...document.querySelectorAll('dino-attention')].every((w) => w.dataset.state === 'ready' || w.dataset.state === 'error'), null, { timeout: 300000 });
+      const widgets = await docs.evaluate(() => [...document.querySelectorAll('dino-attention')].map((w) => ({ state: w.dataset.state, canvases: w.shadowRoot.querySelectorAll('canvas').length })));
+      check(widgets.length === 2 && widgets.every((w) => w.state === 'ready' && w.canvases > 0), `widget page renders two widgets ${JSON.stringify(widgets)}`);
+      await docs.screenshot({ path: path.join(shots, 'widgets.png'), fullPage: true });
+      await docs.close();
+    }
+  });
+}
+
+fs.writeFileSync(path.join(shots, 'timings.json'), JSON.stringify(timings, null, 2));
+server.close();
+if (failures.length) { console.log(`${failures.length} browser check(s) failed`); process.exit(1); }
+console.log('all browser checks passed');
