@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The test command of dino-rs (README): installs what the tests need on a fresh Debian machine
 # (idempotent: every install is skipped when already done), then runs every test.
-#   ./test.sh            all tests (native + wasm build + browser)
-#   ./test.sh native     only the cargo tests
+#   ./test.sh            the cargo tests (model, weights, trainer, CLI; cpu and wgpu backends)
+#   ./test.sh web        also the wasm build and the browser tests (not yet part of CI)
 set -euo pipefail
 cd "$(dirname "$0")"
-what="${1:-all}"
+what="${1:-native}"
 
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -26,3 +26,22 @@ echo "== cargo tests (native: flex CPU backend and wgpu) =="
 cargo test --workspace --exclude dino-web 2>&1
 
 if [ "$what" = native ]; then exit 0; fi
+
+echo "== web: trunk build (offline) and browser tests in Debian's headless Chromium =="
+apt_install chromium
+command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+# Tools at the versions Trunk.toml names; installed once (cargo install only when missing).
+command -v trunk >/dev/null || cargo install trunk --version 0.21.14 --locked
+wb_version=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
+if ! wasm-bindgen --version 2>/dev/null | grep -q "$wb_version"; then
+  cargo install wasm-bindgen-cli --version "$wb_version"   # not --locked: see README
+fi
+(cd web && npm install --no-audit --no-fund)                # binaryen 132 (wasm-opt), playwright-core
+export PATH="$PWD/web/node_modules/.bin:$PATH"
+trunk build --release
+shots=web/screenshots
+native=$(mktemp -d)
+cargo run -q -p dino-trainer -- attention --image tests/images/astronaut.jpg \
+  --pretrained_weights web/assets/dino-default.safetensors --image_size 224 --output_dir "$native" --device cpu
+node web/tests/browser.mjs dist "$native/attention.npy" "$shots"

@@ -80,6 +80,8 @@ pub struct TrainArgs {
     #[arg(long)] pub max_iters: Option<usize>,
     /// Skip the k-NN evaluation and attention maps after training.
     #[arg(long)] pub skip_eval: bool,
+    /// Time every phase of a step (waits for the device after each: slower, for profiling).
+    #[arg(long)] pub profile: bool,
 }
 
 macro_rules! override_fields {
@@ -108,6 +110,7 @@ impl TrainArgs {
             warmup_teacher_temp_epochs, weight_decay, weight_decay_end, clip_grad, batch_size_per_gpu, epochs,
             freeze_last_layer, lr, warmup_epochs, min_lr, local_crops_number, global_crops_size, local_crops_size,
             output_dir, saveckp_freq, seed, num_workers, device, max_iters);
+        cfg.profile |= a.profile;
         if let Some(p) = &a.data_path {
             cfg.data_path = Some(p.clone());
         }
@@ -228,7 +231,9 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
         let mut skipped = Vec::new();
         let mut images = 0usize;
         let (mut lr, mut wd, mut m) = (0.0, 0.0, 0.0);
-        for (it, batch) in loader.enumerate() {
+        let mut phases = Phases::new(cfg.profile, &ad);
+        let mut loader = loader.enumerate();
+        while let Some((it, batch)) = phases.time("data (waiting for the loader)", || loader.next()) {
             if cfg.max_iters > 0 && iterations_done >= cfg.max_iters {
                 break;
             }
@@ -238,11 +243,11 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
             if batch.images == 0 {
                 continue;
             }
-            let (globals, locals) = batch_tensors(&batch, cfg, &ad);
-            let teacher_out = state.teacher.forward_crops(globals.clone().inner(), None);
-            let student_out = state.student.forward_crops(globals, locals);
-            let loss = loss_fn.forward(student_out, teacher_out, ncrops, epoch);
-            let value = loss.clone().into_scalar::<f32>() as f64;
+            let (globals, locals) = phases.time("upload", || batch_tensors(&batch, cfg, &ad));
+            let teacher_out = phases.time("teacher forward", || state.teacher.forward_crops(globals.clone().inner(), None));
+            let student_out = phases.time("student forward", || state.student.forward_crops(globals, locals));
+            let loss = phases.time("loss", || loss_fn.forward(student_out, teacher_out, ncrops, epoch));
+            let value = phases.time("loss read-back", || loss.clone().into_scalar::<f32>() as f64);
             if !value.is_finite() {
                 bar.abandon();
                 return Err(TrainingStopped(format!(
@@ -251,10 +256,10 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
                 ))
                 .into());
             }
-            let grads = GradientsParams::from_grads(loss.backward(), &state.student);
+            let grads = phases.time("backward", || GradientsParams::from_grads(loss.backward(), &state.student));
             let step = Step { lr, weight_decay: wd, clip_grad: cfg.clip_grad, freeze_last_layer: epoch < cfg.freeze_last_layer };
-            state.student = state.optimizer.step(state.student, grads, &step);
-            state.teacher = ema_update(state.teacher, &state.student, m);
+            state.student = phases.time("optimizer (AdamW + clipping)", || state.optimizer.step(state.student, grads, &step));
+            state.teacher = phases.time("teacher EMA", || ema_update(state.teacher, &state.student, m));
             losses.push(value);
             images += batch.images;
             iterations_done += 1;
@@ -263,6 +268,7 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
             bar.inc(1);
         }
         bar.finish_and_clear();
+        phases.report();
         if losses.is_empty() {
             break;
         }
@@ -351,4 +357,44 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         cfg.output_dir.display()
     );
     Ok(())
+}
+
+/// Wall time per phase of a training step (`--profile`): the device is synchronised after each
+/// phase so that queued GPU work is charged to the phase that queued it.
+struct Phases<'a> {
+    on: bool,
+    device: &'a Device,
+    times: Vec<(&'static str, f64)>,
+}
+
+impl<'a> Phases<'a> {
+    fn new(on: bool, device: &'a Device) -> Self {
+        Self { on, device, times: Vec::new() }
+    }
+
+    fn time<T>(&mut self, name: &'static str, f: impl FnOnce() -> T) -> T {
+        if !self.on {
+            return f();
+        }
+        let start = Instant::now();
+        let out = f();
+        let _ = self.device.sync();
+        let secs = start.elapsed().as_secs_f64();
+        match self.times.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, t)) => *t += secs,
+            None => self.times.push((name, secs)),
+        }
+        out
+    }
+
+    fn report(&self) {
+        if !self.on {
+            return;
+        }
+        let total: f64 = self.times.iter().map(|(_, t)| t).sum();
+        eprintln!("profile of the epoch ({total:.2} s):");
+        for (name, t) in &self.times {
+            eprintln!("  {name:<32} {t:>8.3} s {:>5.1}%", 100.0 * t / total);
+        }
+    }
 }
