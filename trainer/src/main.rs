@@ -52,7 +52,7 @@ fn main() {
         Command::Knn(a) => commands::knn::run(a),
         Command::Linear(a) => commands::linear::run(a).map(|_| ()),
         Command::Download(a) => commands::download::run(a),
-        Command::Attention(a) => commands::attention::run(a).map(|_| ()),
+        Command::Attention(a) => commands::attention::run(a),
         Command::Embed(a) => commands::embed::run(a),
         Command::Export(a) => commands::export::run(a),
     };

@@ -27,16 +27,3 @@ pub fn write_npy(path: &Path, shape: &[usize], data: &[f32]) -> anyhow::Result<(
     f.write_all(&npy_bytes(shape, data))?;
     Ok(())
 }
-
-/// Read back a float32 `.npy` written by [`write_npy`] (for tests and evaluation caches).
-pub fn read_npy(path: &Path) -> anyhow::Result<(Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
-    anyhow::ensure!(bytes.len() > 10 && &bytes[..6] == b"\x93NUMPY", "{}: not a .npy file", path.display());
-    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let header = std::str::from_utf8(&bytes[10..10 + hlen])?;
-    anyhow::ensure!(header.contains("'<f4'"), "{}: not float32", path.display());
-    let shape_part = header.split("'shape': (").nth(1).and_then(|s| s.split(')').next()).unwrap_or("");
-    let shape: Vec<usize> = shape_part.split(',').filter_map(|s| s.trim().parse().ok()).collect();
-    let data = bytes[10 + hlen..].chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
-    Ok((shape, data))
-}

@@ -34,13 +34,7 @@ pub struct AttentionArgs {
     pub device: DeviceChoice,
 }
 
-/// What one run produced, for callers that go on (the training command's final maps).
-pub struct AttentionOutput {
-    pub maps: AttentionMaps,
-    pub grid_png: PathBuf,
-}
-
-pub fn run(args: &AttentionArgs) -> anyhow::Result<AttentionOutput> {
+pub fn run(args: &AttentionArgs) -> anyhow::Result<()> {
     let device = device::select(args.device);
     let model = args.model.backbone(&device)?;
     let (h, w) = image_size(&args.image_size)?;
@@ -50,9 +44,9 @@ pub fn run(args: &AttentionArgs) -> anyhow::Result<AttentionOutput> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.image.display()))?;
     let (_, attn) = features_and_attention(&model, &input, &device);
     let maps = maps_from(attn, &model, &input);
-    let grid_png = write_outputs(&maps, &input.image, model.config().patch_size, args.threshold, &args.output_dir, 1)?;
+    write_outputs(&maps, &input.image, model.config().patch_size, args.threshold, &args.output_dir, 1)?;
     eprintln!("wrote {} heads of {}x{} patches to {}", maps.heads, maps.grid_h, maps.grid_w, args.output_dir.display());
-    Ok(AttentionOutput { maps, grid_png })
+    Ok(())
 }
 
 pub fn maps_from(attn: Tensor<4>, model: &dino_shared::VisionTransformer, input: &preprocess::ModelInput) -> AttentionMaps {

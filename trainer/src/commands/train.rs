@@ -141,18 +141,16 @@ pub struct EpochLog {
 }
 
 pub struct TrainOutcome {
-    pub config: TrainConfig,
     pub teacher: Dino,
-    pub logs: Vec<EpochLog>,
     pub device: Device,
 }
 
-fn batch_tensors(batch: &Batch, cfg: &TrainConfig, device: &Device) -> (Tensor<4>, Option<Tensor<4>>) {
+fn batch_tensors(batch: Batch, cfg: &TrainConfig, device: &Device) -> (Tensor<4>, Option<Tensor<4>>) {
     let b = batch.images;
     let (g, l) = (cfg.global_crops_size, cfg.local_crops_size);
-    let globals = Tensor::from_data(TensorData::new(batch.globals.clone(), [2 * b, 3, g, g]), device);
+    let globals = Tensor::from_data(TensorData::new(batch.globals, [2 * b, 3, g, g]), device);
     let locals = (cfg.local_crops_number > 0)
-        .then(|| Tensor::from_data(TensorData::new(batch.locals.clone(), [cfg.local_crops_number * b, 3, l, l]), device));
+        .then(|| Tensor::from_data(TensorData::new(batch.locals, [cfg.local_crops_number * b, 3, l, l]), device));
     (globals, locals)
 }
 
@@ -240,10 +238,11 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
             let gi = epoch * niter + it;
             (lr, wd, m) = (lr_schedule[gi], wd_schedule[gi], momentum_schedule[gi]);
             skipped.extend(batch.skipped.iter().cloned());
-            if batch.images == 0 {
+            let batch_images = batch.images;
+            if batch_images == 0 {
                 continue;
             }
-            let (globals, locals) = phases.time("upload", || batch_tensors(&batch, cfg, &ad));
+            let (globals, locals) = phases.time("upload", || batch_tensors(batch, cfg, &ad));
             let teacher_out = phases.time("teacher forward", || state.teacher.forward_crops(globals.clone().inner(), None));
             let student_out = phases.time("student forward", || state.student.forward_crops(globals, locals));
             let loss = phases.time("loss", || loss_fn.forward(student_out, teacher_out, ncrops, epoch));
@@ -261,7 +260,7 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
             state.student = phases.time("optimizer (AdamW + clipping)", || state.optimizer.step(state.student, grads, &step));
             state.teacher = phases.time("teacher EMA", || ema_update(state.teacher, &state.student, m));
             losses.push(value);
-            images += batch.images;
+            images += batch_images;
             iterations_done += 1;
             let secs = start.elapsed().as_secs_f64();
             bar.set_message(format!("loss {value:.4} lr {lr:.2e} {:.1} img/s", images as f64 / secs));
@@ -315,7 +314,7 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
             break;
         }
     }
-    Ok(TrainOutcome { config: cfg.clone(), teacher: state.teacher, logs, device })
+    Ok(TrainOutcome { teacher: state.teacher, device })
 }
 
 fn count_params(model: &Dino) -> usize {

@@ -89,13 +89,3 @@ pub fn load_idx_pair(images: &Path) -> anyhow::Result<IdxSet> {
     };
     Ok(IdxSet { images: data, labels, rows: dims[1], cols: dims[2] })
 }
-
-/// Write an IDX file (used to make the embedded subset and test data).
-pub fn idx_bytes(dims: &[usize], data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0, 0, 0x08, dims.len() as u8];
-    for d in dims {
-        out.extend_from_slice(&(*d as u32).to_be_bytes());
-    }
-    out.extend_from_slice(data);
-    out
-}
