@@ -100,9 +100,13 @@ impl TrainArgs {
             let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
             // Keys absent from the file keep the preset's values.
             let mut table: toml::Table = toml::to_string(&cfg)?.parse()?;
-            let file: toml::Table = text.parse().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            // One line naming the file (toml's messages span several lines).
+            let bad = |e: &dyn std::fmt::Display| {
+                anyhow::anyhow!("{}: {}", path.display(), e.to_string().split_whitespace().collect::<Vec<_>>().join(" "))
+            };
+            let file: toml::Table = text.parse().map_err(|e| bad(&e))?;
             table.extend(file);
-            cfg = table.try_into().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            cfg = table.try_into().map_err(|e| bad(&e))?;
         }
         let a = self;
         override_fields!(cfg, a, arch, patch_size, out_dim, norm_last_layer, drop_path_rate, embed_dim, depth, num_heads,
@@ -395,5 +399,31 @@ impl<'a> Phases<'a> {
         for (name, t) in &self.times {
             eprintln!("  {name:<32} {t:>8.3} s {:>5.1}%", 100.0 * t / total);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Preset, then the TOML file, then flags; a bad file is one line naming it.
+    #[test]
+    fn config_file_then_flags() {
+        let dir = std::env::temp_dir().join(format!("dino-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("run.toml");
+        std::fs::write(&file, "epochs = 7\nlr = 0.002\nglobal_crops_scale = [0.3, 1.0]\n").unwrap();
+        let args = TrainArgs { config: Some(file.clone()), lr: Some(0.003), ..Default::default() };
+        let cfg = args.resolve().unwrap();
+        assert_eq!(cfg.epochs, 7);
+        assert_eq!(cfg.lr, 0.003);
+        assert_eq!(cfg.global_crops_scale, (0.3, 1.0));
+        assert_eq!(cfg.patch_size, Preset::Small.config().patch_size);
+        std::fs::write(&file, "epochs = \"x\"\n").unwrap();
+        let err = TrainArgs { config: Some(file.clone()), ..Default::default() }.resolve().unwrap_err().to_string();
+        assert!(err.contains("run.toml") && err.contains("epochs") && !err.contains('\n'), "{err}");
+        std::fs::write(&file, "no_such_flag = 1\n").unwrap();
+        let err = TrainArgs { config: Some(file), ..Default::default() }.resolve().unwrap_err().to_string();
+        assert!(err.contains("no_such_flag"), "{err}");
     }
 }
