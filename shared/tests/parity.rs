@@ -191,7 +191,7 @@ fn full_size_vit_small_parity() {
         assert_parity(&compare(&dir, name, &format!("{name}_full.pth"), &spec, &Device::flex()), true);
         assert_parity(&compare(&dir, name, &format!("{name}_pretrain.pth"), &spec, &Device::flex()), false);
     }
-    for name in ["vits16", "vits8"] {
-        assert_parity(&compare(&dir, name, &format!("{name}_full.pth"), &spec, wgpu_device()), true);
-    }
+    // ViT-S/8 at 480x320 is not run on wgpu: its [1, 6, 2401, 2401] attention (138 MB) exceeds
+    // wgpu's default 128 MiB buffer limit (known limitation, see the README).
+    assert_parity(&compare(&dir, "vits16", "vits16_full.pth", &spec, wgpu_device()), true);
 }
