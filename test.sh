@@ -25,6 +25,11 @@ apt_install mesa-vulkan-drivers libvulkan1
 echo "== cargo tests (native: flex CPU backend and wgpu) =="
 cargo test --workspace --exclude dino-web 2>&1
 
+# Our side of every benchmark in bench/ at tiny sizes (no torch), so that they cannot rot.
+echo "== benchmark smoke run (bench/run.py --quick --ours_only) =="
+apt_install python3 dataset-fashion-mnist
+python3 bench/run.py --quick --ours_only --out "$(mktemp -d)"
+
 if [ "$what" = native ]; then exit 0; fi
 
 echo "== web: trunk build (offline) and browser tests in Debian's headless Chromium =="

@@ -15,7 +15,9 @@ mod model;
 mod npy;
 mod optim;
 mod plot;
+mod profile;
 mod schedule;
+mod step;
 
 use clap::{Parser, Subcommand};
 
@@ -43,6 +45,8 @@ enum Command {
     Embed(commands::embed::EmbedArgs),
     /// Convert weights to one compact safetensors file (the web page's format).
     Export(commands::export::ExportArgs),
+    /// Our side of the benchmarks in bench/ (training step, inference, augmentation).
+    Bench(commands::bench::BenchArgs),
 }
 
 fn main() {
@@ -55,6 +59,7 @@ fn main() {
         Command::Attention(a) => commands::attention::run(a),
         Command::Embed(a) => commands::embed::run(a),
         Command::Export(a) => commands::export::run(a),
+        Command::Bench(a) => commands::bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -1,4 +1,5 @@
 pub mod attention;
+pub mod bench;
 pub mod download;
 pub mod embed;
 pub mod export;

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -13,11 +12,12 @@ use crate::checkpoint::{load_checkpoint, save_checkpoint, TrainState};
 use crate::config::{Preset, TrainConfig};
 use crate::data::{Dataset, Split};
 use crate::device::{self, DeviceChoice};
-use crate::ema::ema_update;
 use crate::loader::{mix, Batch, Loader};
 use crate::loss::DinoLoss;
 use crate::model::Dino;
 use crate::optim::{AdamW, Step};
+use crate::profile::Phases;
+use crate::step::{train_step, Crops};
 use crate::plot::loss_curve;
 use crate::schedule::{cosine_scheduler, teacher_temp_schedule};
 
@@ -247,22 +247,22 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
                 continue;
             }
             let (globals, locals) = phases.time("upload", || batch_tensors(batch, cfg, &ad));
-            let teacher_out = phases.time("teacher forward", || state.teacher.forward_crops(globals.clone().inner(), None));
-            let student_out = phases.time("student forward", || state.student.forward_crops(globals, locals));
-            let loss = phases.time("loss", || loss_fn.forward(student_out, teacher_out, ncrops, epoch));
-            let value = phases.time("loss read-back", || loss.clone().into_scalar::<f32>() as f64);
-            if !value.is_finite() {
-                bar.abandon();
-                return Err(TrainingStopped(format!(
-                    "loss is {value} at epoch {epoch} iteration {it}: stopping training; the last good checkpoint is {}",
-                    if ckpt_path.exists() { ckpt_path.display().to_string() } else { "none (first epoch)".into() }
-                ))
-                .into());
-            }
-            let grads = phases.time("backward", || GradientsParams::from_grads(loss.backward(), &state.student));
             let step = Step { lr, weight_decay: wd, clip_grad: cfg.clip_grad, freeze_last_layer: epoch < cfg.freeze_last_layer };
-            state.student = phases.time("optimizer (AdamW + clipping)", || state.optimizer.step(state.student, grads, &step));
-            state.teacher = phases.time("teacher EMA", || ema_update(state.teacher, &state.student, m));
+            let crops = Crops { globals, locals, ncrops };
+            let value = match train_step(state, &mut loss_fn, crops, epoch, &step, m, &mut phases) {
+                (s, Ok(v)) => {
+                    state = s;
+                    v
+                }
+                (_, Err(value)) => {
+                    bar.abandon();
+                    return Err(TrainingStopped(format!(
+                        "loss is {value} at epoch {epoch} iteration {it}: stopping training; the last good checkpoint is {}",
+                        if ckpt_path.exists() { ckpt_path.display().to_string() } else { "none (first epoch)".into() }
+                    ))
+                    .into());
+                }
+            };
             losses.push(value);
             images += batch_images;
             iterations_done += 1;
@@ -271,7 +271,7 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
             bar.inc(1);
         }
         bar.finish_and_clear();
-        phases.report();
+        phases.report("the epoch");
         if losses.is_empty() {
             break;
         }
@@ -360,46 +360,6 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         cfg.output_dir.display()
     );
     Ok(())
-}
-
-/// Wall time per phase of a training step (`--profile`): the device is synchronised after each
-/// phase so that queued GPU work is charged to the phase that queued it.
-struct Phases<'a> {
-    on: bool,
-    device: &'a Device,
-    times: Vec<(&'static str, f64)>,
-}
-
-impl<'a> Phases<'a> {
-    fn new(on: bool, device: &'a Device) -> Self {
-        Self { on, device, times: Vec::new() }
-    }
-
-    fn time<T>(&mut self, name: &'static str, f: impl FnOnce() -> T) -> T {
-        if !self.on {
-            return f();
-        }
-        let start = Instant::now();
-        let out = f();
-        let _ = self.device.sync();
-        let secs = start.elapsed().as_secs_f64();
-        match self.times.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, t)) => *t += secs,
-            None => self.times.push((name, secs)),
-        }
-        out
-    }
-
-    fn report(&self) {
-        if !self.on {
-            return;
-        }
-        let total: f64 = self.times.iter().map(|(_, t)| t).sum();
-        eprintln!("profile of the epoch ({total:.2} s):");
-        for (name, t) in &self.times {
-            eprintln!("  {name:<32} {t:>8.3} s {:>5.1}%", 100.0 * t / total);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,491 @@
+"""The PyTorch peer of `dino bench`: the official DINO algorithm on timm's VisionTransformer.
+
+Written here from the official main_dino.py / utils.py / vision_transformer.py (DINOHead,
+DINOLoss, MultiCropWrapper, DataAugmentationDINO, get_params_groups, clip_gradients,
+cancel_gradients_last_layer, cosine_scheduler, the EMA update), with the settings dino-rs uses
+(trainer/src/config.rs presets). Every mode prints one JSON line on stdout, like `dino bench`.
+
+    peer.py step    --preset small|imagenet [--batch_size_per_gpu B] [--local_crops_number N]
+    peer.py infer   --arch vit_small --patch_size 16 --image_size 224 --batch 1
+    peer.py augment --preset imagenet --data_path DIR|IDX-FOLDER --count 200
+    peer.py train   --data_path IDX-FOLDER --output_dir DIR --epochs E   (teacher + random init
+                    backbones saved as timm-layout safetensors, evaluated by `dino knn/linear`)
+    peer.py knn-raw --data_path IDX-FOLDER                                 (raw-pixel k-NN floor)
+"""
+import argparse
+import copy
+import gzip
+import json
+import math
+import os
+import random
+import struct
+import sys
+import time
+from functools import partial
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image, ImageFilter, ImageOps
+from timm.models.vision_transformer import VisionTransformer
+from torchvision import transforms
+
+# dino-rs presets (trainer/src/config.rs); official main_dino.py defaults for the rest.
+PRESETS = {
+    "small": dict(global_size=24, local_size=12, patch=4, embed_dim=96, depth=4, heads=3, out_dim=1024,
+                  hidden=512, bottleneck=128, norm_last_layer=False, drop_path=0.0, local_crops=4, batch=64,
+                  momentum=0.99, lr=1e-3, warmup_epochs=1),
+    "imagenet": dict(global_size=224, local_size=96, patch=16, embed_dim=384, depth=12, heads=6, out_dim=65536,
+                     hidden=2048, bottleneck=256, norm_last_layer=True, drop_path=0.1, local_crops=8, batch=64,
+                     momentum=0.996, lr=5e-4, warmup_epochs=10),
+}
+COMMON = dict(weight_decay=0.04, weight_decay_end=0.4, clip_grad=3.0, freeze_last_layer=1, min_lr=1e-6,
+              warmup_teacher_temp=0.04, teacher_temp=0.04, warmup_teacher_temp_epochs=0,
+              global_crops_scale=(0.4, 1.0), local_crops_scale=(0.05, 0.4))
+ARCHS = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
+
+
+def backbone(img_size, patch, embed_dim, depth, heads, drop_path=0.0):
+    # Official vits: qkv_bias, mlp_ratio 4, LayerNorm eps 1e-6, CLS token output, no classifier;
+    # dynamic_img_size interpolates the position embedding for the local crops, as official.
+    return VisionTransformer(img_size=img_size, patch_size=patch, embed_dim=embed_dim, depth=depth, num_heads=heads,
+                             mlp_ratio=4, qkv_bias=True, num_classes=0, drop_path_rate=drop_path,
+                             norm_layer=partial(nn.LayerNorm, eps=1e-6), dynamic_img_size=True)
+
+
+def weight_norm(module):
+    try:
+        return nn.utils.weight_norm(module)  # what the official code uses
+    except AttributeError:  # removed from newer torch
+        return nn.utils.parametrizations.weight_norm(module)
+
+
+class DINOHead(nn.Module):
+    def __init__(self, in_dim, out_dim, norm_last_layer=True, nlayers=3, hidden_dim=2048, bottleneck_dim=256):
+        super().__init__()
+        layers = [nn.Linear(in_dim, hidden_dim), nn.GELU()]
+        for _ in range(nlayers - 2):
+            layers += [nn.Linear(hidden_dim, hidden_dim), nn.GELU()]
+        layers.append(nn.Linear(hidden_dim, bottleneck_dim))
+        self.mlp = nn.Sequential(*layers)
+        self.apply(self._init_weights)
+        self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
+        g = self.last_layer.weight_g if hasattr(self.last_layer, "weight_g") else \
+            self.last_layer.parametrizations.weight.original0
+        g.data.fill_(1)
+        if norm_last_layer:
+            g.requires_grad = False
+
+    def _init_weights(self, m):
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)
+
+    def forward(self, x):
+        x = self.mlp(x)
+        x = F.normalize(x, dim=-1, p=2)
+        return self.last_layer(x)
+
+
+class MultiCropWrapper(nn.Module):
+    """Backbone once per resolution group, head once on all CLS features (official)."""
+
+    def __init__(self, backbone, head):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, groups):
+        return self.head(torch.cat([self.backbone(x) for x in groups]))
+
+
+class DINOLoss(nn.Module):
+    def __init__(self, out_dim, ncrops, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs,
+                 student_temp=0.1, center_momentum=0.9):
+        super().__init__()
+        self.student_temp, self.center_momentum, self.ncrops = student_temp, center_momentum, ncrops
+        self.register_buffer("center", torch.zeros(1, out_dim))
+        self.teacher_temp_schedule = np.concatenate((
+            np.linspace(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs),
+            np.ones(nepochs - warmup_teacher_temp_epochs) * teacher_temp))
+
+    def forward(self, student_output, teacher_output, epoch):
+        student_out = (student_output / self.student_temp).chunk(self.ncrops)
+        temp = self.teacher_temp_schedule[epoch]
+        teacher_out = F.softmax((teacher_output - self.center) / temp, dim=-1).detach().chunk(2)
+        total_loss, n_loss_terms = 0, 0
+        for iq, q in enumerate(teacher_out):
+            for v in range(len(student_out)):
+                if v == iq:
+                    continue
+                total_loss += torch.sum(-q * F.log_softmax(student_out[v], dim=-1), dim=-1).mean()
+                n_loss_terms += 1
+        total_loss /= n_loss_terms
+        self.update_center(teacher_output)
+        return total_loss
+
+    @torch.no_grad()
+    def update_center(self, teacher_output):
+        batch_center = torch.sum(teacher_output, dim=0, keepdim=True) / len(teacher_output)
+        self.center = self.center * self.center_momentum + batch_center * (1 - self.center_momentum)
+
+
+def get_params_groups(model):
+    regularized, not_regularized = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (not_regularized if name.endswith(".bias") or len(param.shape) == 1 else regularized).append(param)
+    return [{"params": regularized}, {"params": not_regularized, "weight_decay": 0.0}]
+
+
+def clip_gradients(model, clip):
+    for p in model.parameters():
+        if p.grad is not None:
+            clip_coef = clip / (p.grad.data.norm(2) + 1e-6)
+            if clip_coef < 1:
+                p.grad.data.mul_(clip_coef)
+
+
+def cancel_gradients_last_layer(epoch, model, freeze_last_layer):
+    if epoch >= freeze_last_layer:
+        return
+    for n, p in model.named_parameters():
+        if "last_layer" in n:
+            p.grad = None
+
+
+def cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epochs=0, start_warmup_value=0):
+    warmup_iters = warmup_epochs * niter_per_ep
+    warmup = np.linspace(start_warmup_value, base_value, warmup_iters) if warmup_epochs > 0 else np.array([])
+    iters = np.arange(epochs * niter_per_ep - warmup_iters)
+    schedule = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / len(iters)))
+    return np.concatenate((warmup, schedule))
+
+
+class GaussianBlur:
+    def __init__(self, p=0.5, radius_min=0.1, radius_max=2.0):
+        self.prob, self.radius_min, self.radius_max = p, radius_min, radius_max
+
+    def __call__(self, img):
+        if random.random() > self.prob:
+            return img
+        return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(self.radius_min, self.radius_max)))
+
+
+class Solarization:
+    def __init__(self, p):
+        self.p = p
+
+    def __call__(self, img):
+        return ImageOps.solarize(img) if random.random() < self.p else img
+
+
+class DataAugmentationDINO:
+    def __init__(self, global_crops_scale, local_crops_scale, local_crops_number, global_size=224, local_size=96):
+        flip_and_color_jitter = transforms.Compose([
+            transforms.RandomHorizontalFlip(p=0.5),
+            transforms.RandomApply([transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)],
+                                   p=0.8),
+            transforms.RandomGrayscale(p=0.2),
+        ])
+        normalize = transforms.Compose([transforms.ToTensor(),
+                                        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+        bicubic = transforms.InterpolationMode.BICUBIC
+        self.global_transfo1 = transforms.Compose([
+            transforms.RandomResizedCrop(global_size, scale=global_crops_scale, interpolation=bicubic),
+            flip_and_color_jitter, GaussianBlur(1.0), normalize])
+        self.global_transfo2 = transforms.Compose([
+            transforms.RandomResizedCrop(global_size, scale=global_crops_scale, interpolation=bicubic),
+            flip_and_color_jitter, GaussianBlur(0.1), Solarization(0.2), normalize])
+        self.local_crops_number = local_crops_number
+        self.local_transfo = transforms.Compose([
+            transforms.RandomResizedCrop(local_size, scale=local_crops_scale, interpolation=bicubic),
+            flip_and_color_jitter, GaussianBlur(p=0.5), normalize])
+
+    def __call__(self, image):
+        crops = [self.global_transfo1(image), self.global_transfo2(image)]
+        crops += [self.local_transfo(image) for _ in range(self.local_crops_number)]
+        return crops
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: IDX (Fashion-MNIST, as Debian ships it) or a folder of pictures.
+
+def read_idx(path):
+    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def idx_split(root, split):
+    prefix = "train" if split == "train" else "t10k"
+    find = lambda kind: next(os.path.join(root, f) for f in sorted(os.listdir(root))
+                             if f.startswith(f"{prefix}-{kind}-idx"))
+    return read_idx(find("images")), read_idx(find("labels")).astype(np.int64)
+
+
+def load_pictures(path, count):
+    exts = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+    files = sorted(f for f in os.listdir(path) if f.lower().endswith(exts)) if os.path.isdir(path) else []
+    pics = []
+    for f in files:
+        try:
+            pics.append(Image.open(os.path.join(path, f)).convert("RGB"))
+        except Exception:
+            pass
+    if pics:
+        return [pics[i % len(pics)] for i in range(count)]
+    images, _ = idx_split(path, "train")
+    return [Image.fromarray(images[i]).convert("RGB") for i in range(min(count, len(images)))]
+
+
+class IdxDataset(torch.utils.data.Dataset):
+    def __init__(self, root, split, transform):
+        self.images, self.labels = idx_split(root, split)
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.transform(Image.fromarray(self.images[i]).convert("RGB")), self.labels[i]
+
+
+# ---------------------------------------------------------------------------------------------
+
+def config(args):
+    cfg = dict(PRESETS[args.preset], **COMMON)
+    for k in ("batch_size_per_gpu", "local_crops_number", "epochs"):
+        v = getattr(args, k, None)
+        if v is not None:
+            cfg[{"batch_size_per_gpu": "batch", "local_crops_number": "local_crops"}.get(k, k)] = v
+    return cfg
+
+
+def build(cfg):
+    student = MultiCropWrapper(
+        backbone(cfg["global_size"], cfg["patch"], cfg["embed_dim"], cfg["depth"], cfg["heads"], cfg["drop_path"]),
+        DINOHead(cfg["embed_dim"], cfg["out_dim"], cfg["norm_last_layer"], 3, cfg["hidden"], cfg["bottleneck"]))
+    # Official: the teacher has no drop-path; it starts as the student and never gets gradients.
+    teacher = MultiCropWrapper(
+        backbone(cfg["global_size"], cfg["patch"], cfg["embed_dim"], cfg["depth"], cfg["heads"]),
+        DINOHead(cfg["embed_dim"], cfg["out_dim"], cfg["norm_last_layer"], 3, cfg["hidden"], cfg["bottleneck"]))
+    teacher.load_state_dict(student.state_dict())
+    for p in teacher.parameters():
+        p.requires_grad = False
+    return student, teacher
+
+
+def train_step(student, teacher, dino_loss, optimizer, globals_, locals_, epoch, lr, wd, m, cfg):
+    """The body of official train_one_epoch (single process: no all-reduce, no fp16 scaler)."""
+    for i, group in enumerate(optimizer.param_groups):
+        group["lr"] = lr
+        if i == 0:
+            group["weight_decay"] = wd
+    teacher_output = teacher([globals_])
+    student_output = student([globals_] + ([locals_] if locals_ is not None else []))
+    loss = dino_loss(student_output, teacher_output, epoch)
+    if not math.isfinite(loss.item()):
+        sys.exit(f"loss is {loss.item()}, stopping training")
+    optimizer.zero_grad()
+    loss.backward()
+    clip_gradients(student, cfg["clip_grad"])
+    cancel_gradients_last_layer(epoch, student, cfg["freeze_last_layer"])
+    optimizer.step()
+    with torch.no_grad():
+        for param_q, param_k in zip(student.parameters(), teacher.parameters()):
+            param_k.data.mul_(m).add_((1 - m) * param_q.detach().data)
+    return loss.item()
+
+
+def mode_step(args):
+    cfg = config(args)
+    torch.manual_seed(0)
+    student, teacher = build(cfg)
+    student.train()
+    b, g, l, n = cfg["batch"], cfg["global_size"], cfg["local_size"], cfg["local_crops"]
+    dino_loss = DINOLoss(cfg["out_dim"], 2 + n, cfg["warmup_teacher_temp"], cfg["teacher_temp"], 0, 1)
+    optimizer = torch.optim.AdamW(get_params_groups(student))
+    globals_ = torch.randn(2 * b, 3, g, g)
+    locals_ = torch.randn(n * b, 3, l, l) if n > 0 else None
+    for i in range(args.warmup + args.iters):
+        if i == args.warmup:
+            start = time.perf_counter()
+        train_step(student, teacher, dino_loss, optimizer, globals_, locals_, 0, 1e-4, 0.04, cfg["momentum"], cfg)
+    secs = time.perf_counter() - start
+    print(json.dumps({"bench": "step", "impl": "pytorch", "backend": "cpu", "threads": torch.get_num_threads(),
+                      "batch": b, "global": g, "local": l, "local_crops": n, "out_dim": cfg["out_dim"],
+                      "iters": args.iters, "seconds_per_step": secs / args.iters,
+                      "images_per_s": b * args.iters / secs}))
+
+
+def last_selfattention(model, x):
+    """CLS features and the last block's softmaxed attention (official get_last_selfattention)."""
+    x = model._pos_embed(model.patch_embed(x))
+    for blk in model.blocks[:-1]:
+        x = blk(x)
+    last = model.blocks[-1]
+    y = last.norm1(x)
+    B, N, C = y.shape
+    attn_mod = last.attn
+    qkv = attn_mod.qkv(y).reshape(B, N, 3, attn_mod.num_heads, C // attn_mod.num_heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    attn = ((q * attn_mod.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+    out = attn_mod.proj((attn @ v).transpose(1, 2).reshape(B, N, C))
+    x = x + out
+    x = x + last.mlp(last.norm2(x))
+    return model.norm(x)[:, 0], attn
+
+
+def mode_infer(args):
+    dim, depth, heads = ARCHS[args.arch]
+    torch.manual_seed(0)
+    model = backbone(args.image_size, args.patch_size, dim, depth, heads).eval()
+    x = torch.randn(args.batch, 3, args.image_size, args.image_size)
+    times = []
+    with torch.inference_mode():
+        for i in range(args.warmup + args.iters):
+            start = time.perf_counter()
+            cls, attn = last_selfattention(model, x)
+            cls.numpy(), attn.numpy()
+            if i >= args.warmup:
+                times.append((time.perf_counter() - start) * 1e3)
+    times.sort()
+    mean = sum(times) / len(times)
+    print(json.dumps({"bench": "infer", "impl": "pytorch", "backend": "cpu", "threads": torch.get_num_threads(),
+                      "image_size": args.image_size, "batch": args.batch, "iters": args.iters, "ms_mean": mean,
+                      "ms_median": times[len(times) // 2], "images_per_s": args.batch * 1e3 / mean}))
+
+
+def mode_augment(args):
+    cfg = config(args)
+    torch.set_num_threads(1)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    pictures = load_pictures(args.data_path, args.count)
+    aug = DataAugmentationDINO(cfg["global_crops_scale"], cfg["local_crops_scale"], cfg["local_crops"],
+                               cfg["global_size"], cfg["local_size"])
+    start = time.perf_counter()
+    for _ in range(args.repeat):
+        for img in pictures:
+            aug(img)
+    secs = time.perf_counter() - start
+    n = len(pictures) * args.repeat
+    print(json.dumps({"bench": "augment", "impl": "pytorch", "threads": 1, "pictures": n,
+                      "global": cfg["global_size"], "local": cfg["local_size"], "local_crops": cfg["local_crops"],
+                      "images_per_s": n / secs}))
+
+
+def save_backbone(model, path):
+    from safetensors.torch import save_file
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, path)
+
+
+def mode_train(args):
+    """Official main_dino.train_dino on one process with the dino-rs `small` preset."""
+    cfg = config(args)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    os.makedirs(args.output_dir, exist_ok=True)
+    aug = DataAugmentationDINO(cfg["global_crops_scale"], cfg["local_crops_scale"], cfg["local_crops"],
+                               cfg["global_size"], cfg["local_size"])
+    dataset = IdxDataset(args.data_path, "train", aug)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg["batch"], shuffle=True, drop_last=True,
+                                         num_workers=args.num_workers, persistent_workers=args.num_workers > 0)
+    student, teacher = build(cfg)
+    save_backbone(student.backbone, os.path.join(args.output_dir, "random_init.safetensors"))
+    n = cfg["local_crops"]
+    epochs = args.epochs
+    dino_loss = DINOLoss(cfg["out_dim"], 2 + n, cfg["warmup_teacher_temp"], cfg["teacher_temp"],
+                         cfg["warmup_teacher_temp_epochs"], epochs)
+    optimizer = torch.optim.AdamW(get_params_groups(student))
+    niter = len(loader)
+    lr_schedule = cosine_scheduler(cfg["lr"] * cfg["batch"] / 256.0, cfg["min_lr"], epochs, niter,
+                                   cfg["warmup_epochs"])
+    wd_schedule = cosine_scheduler(cfg["weight_decay"], cfg["weight_decay_end"], epochs, niter)
+    momentum_schedule = cosine_scheduler(cfg["momentum"], 1, epochs, niter)
+    start = time.perf_counter()
+    log = []
+    for epoch in range(epochs):
+        losses = []
+        for it, (crops, _) in enumerate(loader):
+            gi = epoch * niter + it
+            globals_ = torch.cat(crops[:2])
+            locals_ = torch.cat(crops[2:]) if n > 0 else None
+            losses.append(train_step(student, teacher, dino_loss, optimizer, globals_, locals_, epoch,
+                                     lr_schedule[gi], wd_schedule[gi], momentum_schedule[gi], cfg))
+        log.append(float(np.mean(losses)))
+        print(f"epoch {epoch + 1}/{epochs}: loss {log[-1]:.4f}", file=sys.stderr)
+    secs = time.perf_counter() - start
+    save_backbone(teacher.backbone, os.path.join(args.output_dir, "teacher.safetensors"))
+    print(json.dumps({"bench": "train", "impl": "pytorch", "threads": torch.get_num_threads(),
+                      "images": len(dataset), "epochs": epochs, "seconds": secs, "epoch_losses": log,
+                      "images_per_s": len(dataset) // cfg["batch"] * cfg["batch"] * epochs / secs}))
+
+
+def mode_knn_raw(args):
+    """Official weighted k-NN (eval_knn.knn_classifier) on L2-normalised raw pixels: the floor."""
+    train, train_labels = idx_split(args.data_path, "train")
+    val, val_labels = idx_split(args.data_path, "val")
+    feat = lambda a: F.normalize(torch.from_numpy(a.reshape(len(a), -1).astype(np.float32)), dim=1)
+    train_f, val_f = feat(train), feat(val)
+    train_l, val_l = torch.from_numpy(train_labels), torch.from_numpy(val_labels)
+    k, t, classes = args.k, 0.07, int(train_l.max()) + 1
+    correct = 0
+    for i in range(0, len(val_f), 500):
+        sim = val_f[i:i + 500] @ train_f.T
+        d, idx = sim.topk(k, dim=1)
+        cand = train_l[idx]
+        w = (d / t).exp()
+        votes = torch.zeros(len(cand), classes).scatter_add_(1, cand, w)
+        correct += (votes.argmax(1) == val_l[i:i + 500]).sum().item()
+    print(json.dumps({"bench": "knn-raw", "k": k, "top1": 100.0 * correct / len(val_f)}))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="mode", required=True)
+    for name in ("step", "augment", "train"):
+        s = sub.add_parser(name)
+        s.add_argument("--preset", default={"augment": "imagenet"}.get(name, "small"), choices=PRESETS)
+        s.add_argument("--batch_size_per_gpu", type=int)
+        s.add_argument("--local_crops_number", type=int)
+        s.add_argument("--seed", type=int, default=0)
+    for s in (sub.choices["step"],):
+        s.add_argument("--iters", type=int, default=10)
+        s.add_argument("--warmup", type=int, default=2)
+    a = sub.choices["augment"]
+    a.add_argument("--data_path", required=True)
+    a.add_argument("--count", type=int, default=200)
+    a.add_argument("--repeat", type=int, default=1)
+    t = sub.choices["train"]
+    t.add_argument("--data_path", required=True)
+    t.add_argument("--output_dir", required=True)
+    t.add_argument("--epochs", type=int, default=3)
+    t.add_argument("--num_workers", type=int, default=2)
+    i = sub.add_parser("infer")
+    i.add_argument("--arch", default="vit_small", choices=ARCHS)
+    i.add_argument("--patch_size", type=int, default=16)
+    i.add_argument("--image_size", type=int, default=224)
+    i.add_argument("--batch", type=int, default=1)
+    i.add_argument("--iters", type=int, default=10)
+    i.add_argument("--warmup", type=int, default=2)
+    k = sub.add_parser("knn-raw")
+    k.add_argument("--data_path", required=True)
+    k.add_argument("--k", type=int, default=20)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    {"step": mode_step, "infer": mode_infer, "augment": mode_augment, "train": mode_train,
+     "knn-raw": mode_knn_raw}[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+#!/usr/bin/env python3
+"""dino-rs benchmarks, side by side with the official algorithm in PyTorch (bench/peer.py).
+
+One command:  python3 bench/run.py            (everything; installs the PyTorch peer if missing)
+              python3 bench/run.py --only step,infer --quick
+              python3 bench/run.py --ours_only --quick   (no torch needed: the CI smoke run)
+
+Sections (each prints a table with our/PyTorch ratios; > 1 means dino-rs is faster or better):
+  step     one DINO training step, images/s: the small preset and ViT-S/16 at 224/96
+  infer    ViT-S/16 at 224 with the last layer's attention, batch 1 and 32
+  augment  the multi-crop augmentation alone, images/s on one core
+  scaling  step time against batch size and number of local crops (small preset)
+  quality  train the same config on Fashion-MNIST with both, then k-NN (k=20) and linear top-1
+           (both models evaluated by the same `dino knn` / `dino linear`), with raw-pixel and
+           random-init floors
+
+Both sides get the same threads (--threads, default: all cores). Results: bench/results/
+latest.md and latest.json (and printed).
+"""
+import argparse
+import datetime
+import gzip
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FASHION = "/usr/share/datasets/fashion-mnist"
+PHOTOS = os.path.join(REPO, "tests", "images")
+PEER = os.path.join(REPO, "bench", "peer.py")
+VENV = os.path.join(REPO, "bench", ".venv")
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def peer_python():
+    """A python with torch, torchvision, timm and safetensors: this one if it has them, else a
+    virtual environment in bench/.venv installed from the Python package index."""
+    probe = "import torch, torchvision, timm, safetensors, numpy, PIL"
+    for py in (os.path.join(VENV, "bin", "python"), sys.executable):
+        if os.path.exists(py) and subprocess.run([py, "-c", probe], capture_output=True).returncode == 0:
+            return py
+    log("installing the PyTorch peer (torch, torchvision, timm, safetensors) into bench/.venv")
+    subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
+    py = os.path.join(VENV, "bin", "python")
+    subprocess.run([py, "-m", "pip", "install", "-q", "torch", "torchvision", "timm", "safetensors", "numpy",
+                    "pillow"], check=True)
+    return py
+
+
+def ensure_fashion_mnist():
+    if os.path.exists(os.path.join(FASHION, "train-images-idx3-ubyte.gz")):
+        return FASHION
+    log("installing Debian's dataset-fashion-mnist")
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    subprocess.run(sudo + ["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"], check=True)
+    return FASHION
+
+
+class Runner:
+    def __init__(self, args):
+        self.args = args
+        self.env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+        log("building dino (cargo build -p dino-trainer: the same dev profile as `cargo run`, dependencies at "
+            "opt-level 3)")
+        subprocess.run(["cargo", "build", "-q", "-p", "dino-trainer"], cwd=REPO, check=True)
+        meta = json.loads(subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"], cwd=REPO,
+                                         check=True, capture_output=True, text=True).stdout)
+        self.dino = os.path.join(meta["target_directory"], "debug", "dino")
+        self.py = None if args.ours_only else peer_python()
+
+    def run(self, cmd, what):
+        log(f"  {what}: {' '.join(os.path.basename(c) if i == 0 else c for i, c in enumerate(cmd))}")
+        p = subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True)
+        if p.returncode != 0:
+            sys.exit(f"{what} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+        return p.stdout
+
+    def ours(self, *args):
+        out = self.run([self.dino, "bench", *args], "dino-rs")
+        return json.loads(out.strip().splitlines()[-1])
+
+    def peer(self, *args):
+        if self.py is None:
+            return None
+        out = self.run([self.py, PEER, "--threads", str(self.args.threads), *args], "pytorch")
+        return json.loads(out.strip().splitlines()[-1])
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}" if a is not None and b else "–"
+
+
+def fmt(v, digits=1):
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def section_step(r, q):
+    rows, raw = [], []
+    cases = [("small (ViT 96d x4, /4, 24+12 px, 2+4 crops)", ["--preset", "small"], 10 if not q else 2),
+             ("ViT-S/16, 224+96 px, 2+8 crops, batch 8", ["--preset", "imagenet", "--batch_size_per_gpu", "8"],
+              3 if not q else 1)]
+    for label, args, iters in cases:
+        it = ["--iters", str(iters), "--warmup", "1"]
+        o = r.ours("step", *args, *it, "--device", r.args.device)
+        p = r.peer("step", *args, *it)
+        rows.append([label, fmt(o["images_per_s"]), fmt(p and p["images_per_s"]),
+                     ratio(o["images_per_s"], p and p["images_per_s"])])
+        raw.append({"case": label, "ours": o, "pytorch": p})
+    # One profiled run of the small step: where the time goes.
+    prof = r.ours("step", "--preset", "small", "--iters", str(5 if not q else 1), "--warmup", "1", "--profile",
+                  "--device", r.args.device)["profile"]
+    total = sum(prof.values())
+    prof_rows = [[k, f"{1e3 * v:.1f}", f"{100 * v / total:.1f}%"] for k, v in prof.items()]
+    md = ("### Training step (images/s; ratio = ours / PyTorch)\n\n"
+          + table(["config", "dino-rs", "PyTorch", "ratio"], rows)
+          + "\n\nProfile of one small step (dino-rs, synchronised after each phase):\n\n"
+          + table(["phase", "ms", "share"], prof_rows))
+    return md, {"cases": raw, "profile": prof}
+
+
+def section_infer(r, q):
+    rows, raw = [], []
+    for batch, iters in ((1, 10 if not q else 1), (32, 3 if not q else 1)):
+        args = ["--arch", "vit_small", "--patch_size", "16", "--image_size", "224", "--batch", str(batch),
+                "--iters", str(iters), "--warmup", "1"]
+        o = r.ours("infer", *args, "--device", r.args.device)
+        p = r.peer("infer", *args)
+        rows.append([f"ViT-S/16 224 px, batch {batch}", fmt(o["ms_mean"]), fmt(p and p["ms_mean"]),
+                     ratio(p and p["ms_mean"], o["ms_mean"])])
+        raw.append({"batch": batch, "ours": o, "pytorch": p})
+    md = ("### Inference with last-layer attention (ms per batch; ratio = PyTorch time / ours)\n\n"
+          + table(["case", "dino-rs ms", "PyTorch ms", "ratio"], rows))
+    return md, raw
+
+
+def section_augment(r, q):
+    rows, raw = [], []
+    fashion = ensure_fashion_mnist()
+    for label, args in (("ImageNet recipe (224+96, 2+8 crops) on photos", ["--preset", "imagenet",
+                                                                         "--data_path", PHOTOS, "--count",
+                                                                         "40" if not q else "4"]),
+                        ("small recipe (24+12, 2+4 crops) on Fashion-MNIST", ["--preset", "small", "--data_path",
+                                                                              fashion, "--count",
+                                                                              "2000" if not q else "50"])):
+        o = r.ours("augment", *args)
+        p = r.peer("augment", *args)
+        rows.append([label, fmt(o["images_per_s"]), fmt(p and p["images_per_s"]),
+                     ratio(o["images_per_s"], p and p["images_per_s"])])
+        raw.append({"case": label, "ours": o, "pytorch": p})
+    md = ("### Multi-crop augmentation, one core (pictures/s; ratio = ours / torchvision)\n\n"
+          + table(["case", "dino-rs", "torchvision", "ratio"], rows))
+    return md, raw
+
+
+def section_scaling(r, q):
+    rows, raw = [], []
+    iters = ["--iters", "3" if not q else "1", "--warmup", "1"]
+    cases = [(b, 4) for b in ((16, 32, 64, 128) if not q else (8, 16))]
+    cases += [(64 if not q else 16, n) for n in ((0, 2, 8) if not q else (0,))]
+    for b, n in cases:
+        args = ["--preset", "small", "--batch_size_per_gpu", str(b), "--local_crops_number", str(n), *iters]
+        o = r.ours("step", *args, "--device", r.args.device)
+        p = r.peer("step", *args)
+        rows.append([b, n, fmt(1e3 * o["seconds_per_step"], 0), fmt(p and 1e3 * p["seconds_per_step"], 0),
+                     ratio(p and p["seconds_per_step"], o["seconds_per_step"])])
+        raw.append({"batch": b, "local_crops": n, "ours": o, "pytorch": p})
+    md = ("### Step time against batch size and local crops (small preset; ms per step; ratio = PyTorch / ours)\n\n"
+          + table(["batch", "local crops", "dino-rs ms", "PyTorch ms", "ratio"], rows))
+    return md, raw
+
+
+def write_subset(src, dst, n):
+    """The first n training pictures of an IDX set (and the whole test split) as a new IDX folder."""
+    os.makedirs(dst, exist_ok=True)
+    for kind, item in (("images", 28 * 28), ("labels", 1)):
+        with gzip.open(os.path.join(src, f"train-{kind}-idx{3 if kind == 'images' else 1}-ubyte.gz")) as f:
+            data = f.read()
+        ndim = data[3]
+        header = bytearray(data[:4 + 4 * ndim])
+        header[4:8] = n.to_bytes(4, "big")
+        body = data[4 + 4 * ndim:4 + 4 * ndim + n * item]
+        with gzip.open(os.path.join(dst, f"train-{kind}-idx{3 if kind == 'images' else 1}-ubyte.gz"), "wb") as f:
+            f.write(bytes(header) + body)
+        name = f"t10k-{kind}-idx{3 if kind == 'images' else 1}-ubyte.gz"
+        shutil.copy(os.path.join(src, name), os.path.join(dst, name))
+
+
+def section_quality(r, q):
+    a = r.args
+    work = tempfile.mkdtemp(prefix="dino-bench-")
+    data = os.path.join(work, "fashion")
+    write_subset(ensure_fashion_mnist(), data, a.train_images if not q else 256)
+    epochs = str(a.epochs if not q else 1)
+    ours_dir, peer_dir = os.path.join(work, "ours"), os.path.join(work, "pytorch")
+    t0 = time.perf_counter()
+    r.run([r.dino, "train", "--preset", "small", "--data_path", data, "--epochs", epochs, "--output_dir", ours_dir,
+           "--skip_eval", "--device", a.device, "--num_workers", str(a.threads)], "dino-rs train")
+    ours_secs = time.perf_counter() - t0
+    ours_log = [json.loads(l) for l in open(os.path.join(ours_dir, "log.txt"))]
+    peer_train = None
+    if r.py:
+        peer_train = r.peer("train", "--data_path", data, "--output_dir", peer_dir, "--epochs", epochs,
+                            "--num_workers", str(a.threads))
+
+    def evaluate(weights, key="teacher"):
+        common = ["--pretrained_weights", weights, "--num_heads", "3", "--checkpoint_key", key, "--data_path", data,
+                  "--device", a.device]
+        knn = r.run([r.dino, "knn", *common, "--nb_knn", "20"], "k-NN")
+        lin = r.run([r.dino, "linear", *common, "--epochs", str(a.linear_epochs if not q else 1)], "linear probe")
+        top1 = lambda pat, s: float(re.search(pat, s).group(1))
+        return top1(r"20-NN classifier result: Top1: ([\d.]+)", knn), top1(r"Linear probe: Top1: ([\d.]+)", lin)
+
+    rows, raw = [], {}
+    ours_eval = evaluate(os.path.join(ours_dir, "checkpoint.safetensors"))
+    rows.append(["dino-rs", *map(fmt, ours_eval), fmt(ours_secs, 0), fmt(ours_log[-1]["train_loss"], 3)])
+    raw["ours"] = {"knn20": ours_eval[0], "linear": ours_eval[1], "seconds": ours_secs,
+                   "epoch_losses": [l["train_loss"] for l in ours_log]}
+    if peer_train:
+        peer_eval = evaluate(os.path.join(peer_dir, "teacher.safetensors"))
+        rows.append(["PyTorch (official algorithm, timm ViT)", *map(fmt, peer_eval), fmt(peer_train["seconds"], 0),
+                     fmt(peer_train["epoch_losses"][-1], 3)])
+        rows.append(["ratio dino-rs / PyTorch (time: PyTorch / dino-rs)", ratio(ours_eval[0], peer_eval[0]),
+                     ratio(ours_eval[1], peer_eval[1]), ratio(peer_train["seconds"], ours_secs), ""])
+        raw["pytorch"] = {"knn20": peer_eval[0], "linear": peer_eval[1], **peer_train}
+        rand_eval = evaluate(os.path.join(peer_dir, "random_init.safetensors"))
+        rows.append(["floor: random-init ViT", *map(fmt, rand_eval), "", ""])
+        raw["random_init"] = {"knn20": rand_eval[0], "linear": rand_eval[1]}
+        raw_px = r.run([r.py, PEER, "knn-raw", "--data_path", data, "--k", "20"], "raw-pixel k-NN")
+        px = json.loads(raw_px.strip().splitlines()[-1])["top1"]
+        rows.append(["floor: raw pixels (k-NN)", fmt(px), "", "", ""])
+        raw["raw_pixels"] = {"knn20": px}
+    shutil.rmtree(work, ignore_errors=True)
+    n = a.train_images if not q else 256
+    md = (f"### Learning quality: Fashion-MNIST, first {n} training pictures, {epochs} epochs of the small preset; "
+          f"top-1 on the 10k test pictures\n\n"
+          + table(["model", "k-NN top-1 (k=20)", "linear top-1", "train s", "last epoch loss"], rows))
+    return md, raw
+
+
+SECTIONS = {"step": section_step, "infer": section_infer, "augment": section_augment, "scaling": section_scaling,
+            "quality": section_quality}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
+    p.add_argument("--ours_only", action="store_true", help="skip the PyTorch peer (no torch needed)")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--device", default="cpu", choices=["cpu", "wgpu", "cuda"],
+                   help="dino-rs device (the peer runs on the CPU)")
+    p.add_argument("--train_images", type=int, default=6000)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--linear_epochs", type=int, default=20)
+    p.add_argument("--out", default=os.path.join(REPO, "bench", "results"))
+    a = p.parse_args()
+    r = Runner(a)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    head = (f"Run {started:%Y-%m-%d %H:%M} UTC on {platform.node()}: {cpu}, {os.cpu_count()} cores, "
+            f"{a.threads} threads for both sides; dino-rs device {a.device}"
+            + ("" if r.py is None else f"; peer: torch {subprocess.run([r.py, '-c', 'import torch, timm; print(torch.__version__, timm.__version__)'], capture_output=True, text=True).stdout.strip()} (torch, timm)")
+            + f".\nCommand: python3 bench/run.py {' '.join(sys.argv[1:])}")
+    parts, results = [head], {"started": started.isoformat(), "args": vars(a)}
+    for name in a.only.split(","):
+        t0 = time.perf_counter()
+        log(f"== {name} ==")
+        md, raw = SECTIONS[name](r, a.quick)
+        results[name] = raw
+        parts.append(md)
+        print("\n" + md + "\n", flush=True)
+        log(f"   ({time.perf_counter() - t0:.0f} s)")
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "latest.md"), "w") as f:
+        f.write("\n\n".join(parts) + "\n")
+    with open(os.path.join(a.out, "latest.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    log(f"written {a.out}/latest.md and latest.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+//! `dino bench`: our side of the benchmarks in `bench/` (which runs the PyTorch peer with the
+//! same settings and prints the ratios). Each prints one JSON line on stdout.
+//!
+//! - `step`: one DINO training step (2 global + N local crops, student forward/backward, teacher
+//!   forward, loss, AdamW, EMA), on fixed random crops so that data loading is not in it.
+//! - `infer`: a forward pass with the last layer's attention (what the web page runs).
+//! - `augment`: the multi-crop augmentation of pictures held in memory, on one thread.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::{Device, Distribution, Tensor};
+use dino_shared::{VisionTransformer, VitConfig};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde_json::json;
+
+use crate::augment::multi_crop;
+use crate::checkpoint::TrainState;
+use crate::config::Preset;
+use crate::data::{Dataset, Split};
+use crate::device::{self, DeviceChoice};
+use crate::loss::DinoLoss;
+use crate::model::Dino;
+use crate::optim::{AdamW, Step};
+use crate::profile::Phases;
+use crate::step::{train_step, Crops};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: Bench,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Bench {
+    /// Images per second of one training step (random crops; no data loading).
+    Step(StepArgs),
+    /// Latency of a forward pass with the last layer's attention.
+    Infer(InferArgs),
+    /// Images per second of the multi-crop augmentation on one thread.
+    Augment(AugmentArgs),
+}
+
+#[derive(clap::Args, Debug)]
+#[command(rename_all = "snake_case")]
+pub struct StepArgs {
+    /// small (28 px default run: 4-block ViT/4, 24/12 crops) or imagenet (ViT-S/16, 224/96).
+    #[arg(long, value_enum, default_value_t = Preset::Small)]
+    pub preset: Preset,
+    #[arg(long)]
+    pub batch_size_per_gpu: Option<usize>,
+    #[arg(long)]
+    pub local_crops_number: Option<usize>,
+    #[arg(long, default_value_t = 10)]
+    pub iters: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Also time each phase (synchronises after each: slower).
+    #[arg(long)]
+    pub profile: bool,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
+    pub device: DeviceChoice,
+}
+
+#[derive(clap::Args, Debug)]
+#[command(rename_all = "snake_case")]
+pub struct InferArgs {
+    #[arg(long, default_value = "vit_small")]
+    pub arch: String,
+    #[arg(long, default_value_t = 16)]
+    pub patch_size: usize,
+    #[arg(long, default_value_t = 224)]
+    pub image_size: usize,
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 10)]
+    pub iters: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
+    pub device: DeviceChoice,
+}
+
+#[derive(clap::Args, Debug)]
+#[command(rename_all = "snake_case")]
+pub struct AugmentArgs {
+    /// The crop recipe: small (24/12 px, 4 local crops) or imagenet (224/96, 8 local crops).
+    #[arg(long, value_enum, default_value_t = Preset::Imagenet)]
+    pub preset: Preset,
+    /// A folder of pictures, or any dataset `dino train` reads (IDX, class folders).
+    #[arg(long)]
+    pub data_path: PathBuf,
+    /// Pictures loaded (decoded once, before timing).
+    #[arg(long, default_value_t = 200)]
+    pub count: usize,
+    /// Passes over the pictures.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    #[arg(long)]
+    pub local_crops_number: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let line = match &args.what {
+        Bench::Step(a) => step(a)?,
+        Bench::Infer(a) => infer(a)?,
+        Bench::Augment(a) => augment(a)?,
+    };
+    println!("{line}");
+    Ok(())
+}
+
+/// "cpu" (flex), "wgpu" or "cuda": what actually runs after any fallback.
+fn backend_name(device: &Device) -> &'static str {
+    let d = format!("{device:?}").to_lowercase();
+    ["cuda", "wgpu", "flex"].into_iter().find(|b| d.contains(b)).map_or("?", |b| if b == "flex" { "cpu" } else { b })
+}
+
+fn step(a: &StepArgs) -> anyhow::Result<serde_json::Value> {
+    let mut cfg = a.preset.config();
+    if let Some(b) = a.batch_size_per_gpu {
+        cfg.batch_size_per_gpu = b;
+    }
+    if let Some(n) = a.local_crops_number {
+        cfg.local_crops_number = n;
+    }
+    cfg.validate()?;
+    let device = device::select(a.device);
+    let ad = device.clone().autodiff();
+    device.seed(0);
+    ad.seed(0);
+    let vit = cfg.vit()?;
+    let head = cfg.head(vit.embed_dim);
+    let student = Dino::new(&vit, &head, &ad);
+    let teacher = student.valid();
+    let mut state =
+        TrainState { epoch: 0, student, teacher, optimizer: AdamW::default(), center: Tensor::zeros([1, cfg.out_dim], &device) };
+    let mut loss_fn = DinoLoss::new(cfg.out_dim, vec![cfg.teacher_temp], &device);
+    let (b, g, l, n) = (cfg.batch_size_per_gpu, cfg.global_crops_size, cfg.local_crops_size, cfg.local_crops_number);
+    let globals: Tensor<4> = Tensor::random([2 * b, 3, g, g], Distribution::Normal(0.0, 1.0), &ad);
+    let locals: Option<Tensor<4>> = (n > 0).then(|| Tensor::random([n * b, 3, l, l], Distribution::Normal(0.0, 1.0), &ad));
+    let step = Step { lr: 1e-4, weight_decay: 0.04, clip_grad: cfg.clip_grad, freeze_last_layer: false };
+    let mut phases = Phases::new(a.profile, &ad);
+    let mut off = Phases::new(false, &ad);
+    let mut start = Instant::now();
+    for i in 0..a.warmup + a.iters {
+        if i == a.warmup {
+            let _ = ad.sync();
+            start = Instant::now();
+        }
+        let crops = Crops { globals: globals.clone(), locals: locals.clone(), ncrops: 2 + n };
+        let p = if i >= a.warmup { &mut phases } else { &mut off };
+        let (s, loss) = train_step(state, &mut loss_fn, crops, 0, &step, cfg.momentum_teacher, p);
+        state = s;
+        loss.map_err(|v| anyhow::anyhow!("non-finite loss {v} in the benchmark"))?;
+    }
+    let _ = ad.sync();
+    let secs = start.elapsed().as_secs_f64();
+    phases.report("the timed steps");
+    let profile: serde_json::Map<String, serde_json::Value> =
+        phases.times.iter().map(|(k, t)| (k.to_string(), json!(t / a.iters as f64))).collect();
+    Ok(json!({
+        "bench": "step", "impl": "dino-rs", "backend": backend_name(&device),
+        "arch": vit.arch_name(), "batch": b, "global": g, "local": l, "local_crops": n, "out_dim": cfg.out_dim,
+        "iters": a.iters, "seconds_per_step": secs / a.iters as f64,
+        "images_per_s": (b * a.iters) as f64 / secs, "profile": profile,
+    }))
+}
+
+fn infer(a: &InferArgs) -> anyhow::Result<serde_json::Value> {
+    let mut vit = VitConfig::from_arch(&a.arch, a.patch_size)
+        .ok_or_else(|| anyhow::anyhow!("unknown --arch {} (vit_tiny, vit_small, vit_base)", a.arch))?;
+    vit.img_size = a.image_size;
+    let device = device::select(a.device);
+    device.seed(0);
+    let model = VisionTransformer::new(&vit, &device);
+    let s = a.image_size;
+    let x: Tensor<4> = Tensor::random([a.batch, 3, s, s], Distribution::Normal(0.0, 1.0), &device);
+    let mut times = Vec::new();
+    for i in 0..a.warmup + a.iters {
+        let start = Instant::now();
+        let (cls, attn) = model.forward_with_last_attention(x.clone());
+        // Read both back: the page and `dino attention` need them on the host.
+        let _ = cls.into_data();
+        let _ = attn.into_data();
+        if i >= a.warmup {
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    Ok(json!({
+        "bench": "infer", "impl": "dino-rs", "backend": backend_name(&device), "arch": vit.arch_name(),
+        "image_size": s, "batch": a.batch, "iters": a.iters,
+        "ms_mean": mean, "ms_median": times[times.len() / 2], "images_per_s": a.batch as f64 * 1e3 / mean,
+    }))
+}
+
+fn augment(a: &AugmentArgs) -> anyhow::Result<serde_json::Value> {
+    let mut cfg = a.preset.config();
+    if let Some(n) = a.local_crops_number {
+        cfg.local_crops_number = n;
+    }
+    let pictures: Vec<image::RgbImage> = match crate::images::list_images(&a.data_path) {
+        Ok(files) if !files.is_empty() => files
+            .iter()
+            .filter_map(|f| crate::images::open_image(f).ok().map(|i| i.to_rgb8()))
+            .cycle()
+            .take(a.count)
+            .collect(),
+        _ => {
+            let data = Dataset::open(&a.data_path, Split::Train)?;
+            (0..a.count.min(data.len())).map(|i| data.load(i)).collect::<anyhow::Result<_>>()?
+        }
+    };
+    anyhow::ensure!(!pictures.is_empty(), "{}: no pictures", a.data_path.display());
+    let crops = cfg.multicrop().crops();
+    let mut rng = StdRng::seed_from_u64(a.seed);
+    let start = Instant::now();
+    let mut values = 0usize;
+    for _ in 0..a.repeat {
+        for img in &pictures {
+            values += multi_crop(img, &crops, &mut rng).iter().map(Vec::len).sum::<usize>();
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let n = pictures.len() * a.repeat;
+    Ok(json!({
+        "bench": "augment", "impl": "dino-rs", "threads": 1, "pictures": n,
+        "global": cfg.global_crops_size, "local": cfg.local_crops_size, "local_crops": cfg.local_crops_number,
+        "mean_side": pictures.iter().map(|p| (p.width() + p.height()) as f64 / 2.0).sum::<f64>() / pictures.len() as f64,
+        "images_per_s": n as f64 / secs, "floats": values,
+    }))
+}
