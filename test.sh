@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The test command of dino-rs (README): installs what the tests need on a fresh Debian machine
 # (idempotent: every install is skipped when already done), then runs every test.
-#   ./test.sh            the cargo tests (model, weights, trainer, CLI; cpu and wgpu backends)
-#   ./test.sh web        also the wasm build and the browser tests (not yet part of CI)
+#   ./test.sh            everything: the cargo tests (model, weights, trainer, CLI; cpu and wgpu
+#                        backends), the benchmark smoke run, the wasm build and the browser tests
+#   ./test.sh native     the cargo tests and the benchmark smoke run only
 set -euo pipefail
 cd "$(dirname "$0")"
-what="${1:-native}"
+what="${1:-all}"
 
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -48,5 +49,5 @@ trunk build --release
 shots=web/screenshots
 native=$(mktemp -d)
 cargo run -q -p dino-trainer -- attention --image tests/images/astronaut.jpg \
-  --pretrained_weights web/assets/dino-default.safetensors --image_size 224 --output_dir "$native" --device cpu
+  --pretrained_weights web/assets/dino-default.safetensors --image_size 112 --output_dir "$native" --device cpu
 node web/tests/browser.mjs dist "$native/attention.npy" "$shots"

@@ -13,15 +13,26 @@ const here = new URL('.', import.meta.url);
 let enginePromise = null;
 const models = new Map();
 
+/** The wasm module, initialised once. On a trunk-built page trunk's own loader instantiates it:
+ *  wait for that one rather than instantiating a second copy that would race with it. */
+async function initWasm() {
+  if (window.wasmBindings) return window.wasmBindings;
+  if (document.querySelector('link[rel="preload"][href*="dino-web_bg.wasm"]')) {
+    await new Promise((resolve) => addEventListener('TrunkApplicationStarted', resolve, { once: true }));
+    return window.wasmBindings;
+  }
+  const wasm = await import(new URL('dino-web.js', here).href);
+  await wasm.default({ module_or_path: new URL('dino-web_bg.wasm', here) });
+  return wasm;
+}
+
 /** The page's engine: WebGPU unless `?backend=cpu` or `window.DINO_BACKEND = 'cpu'`. */
 export function getEngine() {
   if (!enginePromise) {
     enginePromise = (async () => {
-      const wasm = await import(new URL('dino-web.js', here).href);
-      await wasm.default({ module_or_path: new URL('dino-web_bg.wasm', here) });
+      const wasm = await initWasm();
       const forced = new URLSearchParams(location.search).get('backend') || window.DINO_BACKEND;
-      const engine = await wasm.create_engine(forced !== 'cpu');
-      return engine;
+      return wasm.create_engine(forced !== 'cpu');
     })();
   }
   return enginePromise;
