@@ -70,7 +70,7 @@ class Runner:
         self.args = args
         self.env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
         log("building dino (cargo build -p dino-trainer: the same dev profile as `cargo run`, dependencies at "
-            "opt-level 3)")
+            "opt-level 3 without overflow checks)")
         subprocess.run(["cargo", "build", "-q", "-p", "dino-trainer"], cwd=REPO, check=True)
         meta = json.loads(subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"], cwd=REPO,
                                          check=True, capture_output=True, text=True).stdout)
@@ -99,8 +99,10 @@ def ratio(a, b):
     return f"{a / b:.2f}" if a is not None and b else "–"
 
 
-def fmt(v, digits=1):
-    return "–" if v is None else f"{v:.{digits}f}"
+def fmt(v, digits=None):
+    if v is None:
+        return "–"
+    return f"{v:.{digits if digits is not None else (2 if abs(v) < 10 else 1)}f}"
 
 
 def table(header, rows):
@@ -278,7 +280,9 @@ def main():
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     head = (f"Run {started:%Y-%m-%d %H:%M} UTC on {platform.node()}: {cpu}, {os.cpu_count()} cores, "
             f"{a.threads} threads for both sides; dino-rs device {a.device}"
-            + ("" if r.py is None else f"; peer: torch {subprocess.run([r.py, '-c', 'import torch, timm; print(torch.__version__, timm.__version__)'], capture_output=True, text=True).stdout.strip()} (torch, timm)")
+            + ("" if r.py is None else "; peer: " + subprocess.run(
+                [r.py, "-c", "import torch, timm; print(f'torch {torch.__version__}, timm {timm.__version__}')"],
+                capture_output=True, text=True).stdout.strip())
             + f".\nCommand: python3 bench/run.py {' '.join(sys.argv[1:])}")
     parts, results = [head], {"started": started.isoformat(), "args": vars(a)}
     for name in a.only.split(","):

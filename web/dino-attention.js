@@ -6,7 +6,8 @@
 //
 // Attributes: src (picture URL), weights (a `dino export` safetensors file; default: the model
 // shipped next to this file), heads ("mean": head-mean overlay, "all": one map per head),
-// threshold (draw the official cumulative-mass masks), size (model input side, default 224),
+// threshold (draw the official cumulative-mass masks), size (model input side in px; default
+// 28 patches a side),
 // opacity (0..1). Every widget on a page shares one engine (one device) and one copy of each model.
 
 const here = new URL('.', import.meta.url);
@@ -101,7 +102,8 @@ class DinoAttention extends HTMLElement {
       const res = await fetch(new URL(src, location.href));
       if (!res.ok) throw new Error(`${src}: HTTP ${res.status}`);
       const bytes = new Uint8Array(await res.arrayBuffer());
-      const size = parseInt(this.getAttribute('size') || '224', 10);
+      // Default input: 28 x 28 patches, as on the page (112 px for patch 4, 224 for 8, 448 for 16).
+      const size = parseInt(this.getAttribute('size') || String(28 * model.info.patch_size), 10);
       const analysis = await engine.analyze(model.name, bytes, size, size);
       if (gen !== this.generation) return; // a newer update superseded this one
       this.analysis = analysis;
