@@ -113,6 +113,11 @@ for (const [label, webgpu, query] of [['webgpu', true, ''], ['cpu', false, '']])
     await page.screenshot({ path: path.join(shots, `page-${label}-error.png`) });
     const again = await analyzeFile(page, photo);
     check(!again.error && again.values.length === native.data.length, `${label}: the page still works after the errors`);
+    if (!webgpu) {
+      // The same page on a phone-sized screen (the layout stacks into one column).
+      await page.setViewportSize({ width: 390, height: 844 });
+      await page.screenshot({ path: path.join(shots, 'page-phone.png'), fullPage: true });
+    }
     await page.close();
 
     if (!webgpu) {
