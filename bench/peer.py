@@ -1,8 +1,9 @@
 """The PyTorch peer of `dino bench`: the official DINO algorithm on timm's VisionTransformer.
 
-Written here from the official main_dino.py / utils.py / vision_transformer.py (DINOHead,
-DINOLoss, MultiCropWrapper, DataAugmentationDINO, get_params_groups, clip_gradients,
-cancel_gradients_last_layer, cosine_scheduler, the EMA update), with the settings dino-rs uses
+Written from the official main_dino.py / utils.py / vision_transformer.py (MultiCropWrapper,
+DataAugmentationDINO, get_params_groups, clip_gradients, cancel_gradients_last_layer, the EMA
+update; DINOHead, DINOLoss and cosine_scheduler come from tools/reference.py, which writes the
+parity fixtures), with the settings dino-rs uses
 (trainer/src/config.rs presets). Every mode prints one JSON line on stdout, like `dino bench`.
 
     peer.py step    --preset small|imagenet [--batch_size_per_gpu B] [--local_crops_number N]
@@ -32,6 +33,11 @@ from PIL import Image, ImageFilter, ImageOps
 from timm.models.vision_transformer import VisionTransformer
 from torchvision import transforms
 
+# The official DINOHead, DINOLoss and cosine_scheduler, shared with the parity-fixture writer.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+import reference  # noqa: E402
+from reference import DINOLoss, cosine_scheduler  # noqa: E402
+
 # dino-rs presets (trainer/src/config.rs); official main_dino.py defaults for the rest.
 PRESETS = {
     "small": dict(global_size=24, local_size=12, patch=4, embed_dim=96, depth=4, heads=3, out_dim=1024,
@@ -55,39 +61,13 @@ def backbone(img_size, patch, embed_dim, depth, heads, drop_path=0.0):
                              norm_layer=partial(nn.LayerNorm, eps=1e-6), dynamic_img_size=True)
 
 
-def weight_norm(module):
-    try:
-        return nn.utils.weight_norm(module)  # what the official code uses
-    except AttributeError:  # removed from newer torch
-        return nn.utils.parametrizations.weight_norm(module)
-
-
-class DINOHead(nn.Module):
-    def __init__(self, in_dim, out_dim, norm_last_layer=True, nlayers=3, hidden_dim=2048, bottleneck_dim=256):
-        super().__init__()
-        layers = [nn.Linear(in_dim, hidden_dim), nn.GELU()]
-        for _ in range(nlayers - 2):
-            layers += [nn.Linear(hidden_dim, hidden_dim), nn.GELU()]
-        layers.append(nn.Linear(hidden_dim, bottleneck_dim))
-        self.mlp = nn.Sequential(*layers)
-        self.apply(self._init_weights)
-        self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
-        g = self.last_layer.weight_g if hasattr(self.last_layer, "weight_g") else \
-            self.last_layer.parametrizations.weight.original0
-        g.data.fill_(1)
-        if norm_last_layer:
-            g.requires_grad = False
-
-    def _init_weights(self, m):
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.constant_(m.bias, 0)
-
-    def forward(self, x):
-        x = self.mlp(x)
-        x = F.normalize(x, dim=-1, p=2)
-        return self.last_layer(x)
+def dino_head(in_dim, out_dim, norm_last_layer, hidden_dim, bottleneck_dim):
+    """Official DINOHead (the one tools/reference.py writes the parity fixtures with); with
+    norm_last_layer the weight-norm magnitude is frozen, as official."""
+    head = reference.DINOHead(in_dim, out_dim, 3, hidden_dim, bottleneck_dim)
+    if norm_last_layer:
+        head.last_layer.weight_g.requires_grad = False
+    return head
 
 
 class MultiCropWrapper(nn.Module):
@@ -99,37 +79,6 @@ class MultiCropWrapper(nn.Module):
 
     def forward(self, groups):
         return self.head(torch.cat([self.backbone(x) for x in groups]))
-
-
-class DINOLoss(nn.Module):
-    def __init__(self, out_dim, ncrops, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs,
-                 student_temp=0.1, center_momentum=0.9):
-        super().__init__()
-        self.student_temp, self.center_momentum, self.ncrops = student_temp, center_momentum, ncrops
-        self.register_buffer("center", torch.zeros(1, out_dim))
-        self.teacher_temp_schedule = np.concatenate((
-            np.linspace(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs),
-            np.ones(nepochs - warmup_teacher_temp_epochs) * teacher_temp))
-
-    def forward(self, student_output, teacher_output, epoch):
-        student_out = (student_output / self.student_temp).chunk(self.ncrops)
-        temp = self.teacher_temp_schedule[epoch]
-        teacher_out = F.softmax((teacher_output - self.center) / temp, dim=-1).detach().chunk(2)
-        total_loss, n_loss_terms = 0, 0
-        for iq, q in enumerate(teacher_out):
-            for v in range(len(student_out)):
-                if v == iq:
-                    continue
-                total_loss += torch.sum(-q * F.log_softmax(student_out[v], dim=-1), dim=-1).mean()
-                n_loss_terms += 1
-        total_loss /= n_loss_terms
-        self.update_center(teacher_output)
-        return total_loss
-
-    @torch.no_grad()
-    def update_center(self, teacher_output):
-        batch_center = torch.sum(teacher_output, dim=0, keepdim=True) / len(teacher_output)
-        self.center = self.center * self.center_momentum + batch_center * (1 - self.center_momentum)
 
 
 def get_params_groups(model):
@@ -155,14 +104,6 @@ def cancel_gradients_last_layer(epoch, model, freeze_last_layer):
     for n, p in model.named_parameters():
         if "last_layer" in n:
             p.grad = None
-
-
-def cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epochs=0, start_warmup_value=0):
-    warmup_iters = warmup_epochs * niter_per_ep
-    warmup = np.linspace(start_warmup_value, base_value, warmup_iters) if warmup_epochs > 0 else np.array([])
-    iters = np.arange(epochs * niter_per_ep - warmup_iters)
-    schedule = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / len(iters)))
-    return np.concatenate((warmup, schedule))
 
 
 class GaussianBlur:
@@ -270,11 +211,11 @@ def config(args):
 def build(cfg):
     student = MultiCropWrapper(
         backbone(cfg["global_size"], cfg["patch"], cfg["embed_dim"], cfg["depth"], cfg["heads"], cfg["drop_path"]),
-        DINOHead(cfg["embed_dim"], cfg["out_dim"], cfg["norm_last_layer"], 3, cfg["hidden"], cfg["bottleneck"]))
+        dino_head(cfg["embed_dim"], cfg["out_dim"], cfg["norm_last_layer"], cfg["hidden"], cfg["bottleneck"]))
     # Official: the teacher has no drop-path; it starts as the student and never gets gradients.
     teacher = MultiCropWrapper(
         backbone(cfg["global_size"], cfg["patch"], cfg["embed_dim"], cfg["depth"], cfg["heads"]),
-        DINOHead(cfg["embed_dim"], cfg["out_dim"], cfg["norm_last_layer"], 3, cfg["hidden"], cfg["bottleneck"]))
+        dino_head(cfg["embed_dim"], cfg["out_dim"], cfg["norm_last_layer"], cfg["hidden"], cfg["bottleneck"]))
     teacher.load_state_dict(student.state_dict())
     for p in teacher.parameters():
         p.requires_grad = False
