@@ -111,18 +111,25 @@ def table(header, rows):
     return "\n".join(lines)
 
 
+def side_by_side(r, kind, args, label, key, higher_is_better, scale=1.0, device=True):
+    """Run one case on both sides; returns the table row and the raw results."""
+    o = r.ours(kind, *args, *(["--device", r.args.device] if device else []))
+    p = r.peer(kind, *args)
+    ov, pv = scale * o[key], (p and scale * p[key])
+    speedup = ratio(ov, pv) if higher_is_better else ratio(pv, ov)
+    return [*label, fmt(ov), fmt(pv), speedup], {"ours": o, "pytorch": p}
+
+
 def section_step(r, q):
     rows, raw = [], []
     cases = [("small (ViT 96d x4, /4, 24+12 px, 2+4 crops)", ["--preset", "small"], 10 if not q else 2),
              ("ViT-S/16, 224+96 px, 2+8 crops, batch 8", ["--preset", "imagenet", "--batch_size_per_gpu", "8"],
               3 if not q else 1)]
     for label, args, iters in cases:
-        it = ["--iters", str(iters), "--warmup", "1"]
-        o = r.ours("step", *args, *it, "--device", r.args.device)
-        p = r.peer("step", *args, *it)
-        rows.append([label, fmt(o["images_per_s"]), fmt(p and p["images_per_s"]),
-                     ratio(o["images_per_s"], p and p["images_per_s"])])
-        raw.append({"case": label, "ours": o, "pytorch": p})
+        row, res = side_by_side(r, "step", [*args, "--iters", str(iters), "--warmup", "1"], [label],
+                                "images_per_s", True)
+        rows.append(row)
+        raw.append({"case": label, **res})
     # One profiled run of the small step: where the time goes.
     prof = r.ours("step", "--preset", "small", "--iters", str(5 if not q else 1), "--warmup", "1", "--profile",
                   "--device", r.args.device)["profile"]
@@ -140,11 +147,9 @@ def section_infer(r, q):
     for batch, iters in ((1, 10 if not q else 1), (32, 3 if not q else 1)):
         args = ["--arch", "vit_small", "--patch_size", "16", "--image_size", "224", "--batch", str(batch),
                 "--iters", str(iters), "--warmup", "1"]
-        o = r.ours("infer", *args, "--device", r.args.device)
-        p = r.peer("infer", *args)
-        rows.append([f"ViT-S/16 224 px, batch {batch}", fmt(o["ms_mean"]), fmt(p and p["ms_mean"]),
-                     ratio(p and p["ms_mean"], o["ms_mean"])])
-        raw.append({"batch": batch, "ours": o, "pytorch": p})
+        row, res = side_by_side(r, "infer", args, [f"ViT-S/16 224 px, batch {batch}"], "ms_mean", False)
+        rows.append(row)
+        raw.append({"batch": batch, **res})
     md = ("### Inference with last-layer attention (ms per batch; ratio = PyTorch time / ours)\n\n"
           + table(["case", "dino-rs ms", "PyTorch ms", "ratio"], rows))
     return md, raw
@@ -159,11 +164,9 @@ def section_augment(r, q):
                         ("small recipe (24+12, 2+4 crops) on Fashion-MNIST", ["--preset", "small", "--data_path",
                                                                               fashion, "--count",
                                                                               "2000" if not q else "50"])):
-        o = r.ours("augment", *args)
-        p = r.peer("augment", *args)
-        rows.append([label, fmt(o["images_per_s"]), fmt(p and p["images_per_s"]),
-                     ratio(o["images_per_s"], p and p["images_per_s"])])
-        raw.append({"case": label, "ours": o, "pytorch": p})
+        row, res = side_by_side(r, "augment", args, [label], "images_per_s", True, device=False)
+        rows.append(row)
+        raw.append({"case": label, **res})
     md = ("### Multi-crop augmentation, one core (pictures/s; ratio = ours / torchvision)\n\n"
           + table(["case", "dino-rs", "torchvision", "ratio"], rows))
     return md, raw
@@ -176,11 +179,9 @@ def section_scaling(r, q):
     cases += [(64 if not q else 16, n) for n in ((0, 2, 8) if not q else (0,))]
     for b, n in cases:
         args = ["--preset", "small", "--batch_size_per_gpu", str(b), "--local_crops_number", str(n), *iters]
-        o = r.ours("step", *args, "--device", r.args.device)
-        p = r.peer("step", *args)
-        rows.append([b, n, fmt(1e3 * o["seconds_per_step"], 0), fmt(p and 1e3 * p["seconds_per_step"], 0),
-                     ratio(p and p["seconds_per_step"], o["seconds_per_step"])])
-        raw.append({"batch": b, "local_crops": n, "ours": o, "pytorch": p})
+        row, res = side_by_side(r, "step", args, [b, n], "seconds_per_step", False, scale=1e3)
+        rows.append(row)
+        raw.append({"batch": b, "local_crops": n, **res})
     md = ("### Step time against batch size and local crops (small preset; ms per step; ratio = PyTorch / ours)\n\n"
           + table(["batch", "local crops", "dino-rs ms", "PyTorch ms", "ratio"], rows))
     return md, raw
