@@ -49,7 +49,7 @@ PRESETS = {
 }
 COMMON = dict(weight_decay=0.04, weight_decay_end=0.4, clip_grad=3.0, freeze_last_layer=1, min_lr=1e-6,
               warmup_teacher_temp=0.04, teacher_temp=0.04, warmup_teacher_temp_epochs=0,
-              global_crops_scale=(0.4, 1.0), local_crops_scale=(0.05, 0.4))
+              global_crops_scale=(0.4, 1.0), local_crops_scale=(0.05, 0.4), blur_radius=(0.1, 2.0))
 ARCHS = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
 
 
@@ -125,7 +125,8 @@ class Solarization:
 
 
 class DataAugmentationDINO:
-    def __init__(self, global_crops_scale, local_crops_scale, local_crops_number, global_size=224, local_size=96):
+    def __init__(self, global_crops_scale, local_crops_scale, local_crops_number, global_size=224, local_size=96,
+                 blur_radius=(0.1, 2.0)):
         flip_and_color_jitter = transforms.Compose([
             transforms.RandomHorizontalFlip(p=0.5),
             transforms.RandomApply([transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)],
@@ -137,14 +138,14 @@ class DataAugmentationDINO:
         bicubic = transforms.InterpolationMode.BICUBIC
         self.global_transfo1 = transforms.Compose([
             transforms.RandomResizedCrop(global_size, scale=global_crops_scale, interpolation=bicubic),
-            flip_and_color_jitter, GaussianBlur(1.0), normalize])
+            flip_and_color_jitter, GaussianBlur(1.0, *blur_radius), normalize])
         self.global_transfo2 = transforms.Compose([
             transforms.RandomResizedCrop(global_size, scale=global_crops_scale, interpolation=bicubic),
-            flip_and_color_jitter, GaussianBlur(0.1), Solarization(0.2), normalize])
+            flip_and_color_jitter, GaussianBlur(0.1, *blur_radius), Solarization(0.2), normalize])
         self.local_crops_number = local_crops_number
         self.local_transfo = transforms.Compose([
             transforms.RandomResizedCrop(local_size, scale=local_crops_scale, interpolation=bicubic),
-            flip_and_color_jitter, GaussianBlur(p=0.5), normalize])
+            flip_and_color_jitter, GaussianBlur(0.5, *blur_radius), normalize])
 
     def __call__(self, image):
         crops = [self.global_transfo1(image), self.global_transfo2(image)]
@@ -205,6 +206,13 @@ def config(args):
         v = getattr(args, k, None)
         if v is not None:
             cfg[{"batch_size_per_gpu": "batch", "local_crops_number": "local_crops"}.get(k, k)] = v
+    for item in getattr(args, "set", None) or []:
+        key, _, value = item.partition("=")
+        if key not in cfg:
+            sys.exit(f"--set {item}: unknown key {key} (one of {', '.join(sorted(cfg))})")
+        cfg[key] = json.loads(value.lower() if value.lower() in ("true", "false") else value)
+        if isinstance(cfg[key], list):
+            cfg[key] = tuple(cfg[key])
     return cfg
 
 
@@ -230,6 +238,8 @@ def train_step(student, teacher, dino_loss, optimizer, globals_, locals_, epoch,
             group["weight_decay"] = wd
     teacher_output = teacher([globals_])
     student_output = student([globals_] + ([locals_] if locals_ is not None else []))
+    with torch.no_grad():  # before the loss moves the centre
+        entropy = teacher_entropy(teacher_output, dino_loss.center, dino_loss.teacher_temp_schedule[epoch])
     loss = dino_loss(student_output, teacher_output, epoch)
     if not math.isfinite(loss.item()):
         sys.exit(f"loss is {loss.item()}, stopping training")
@@ -241,7 +251,15 @@ def train_step(student, teacher, dino_loss, optimizer, globals_, locals_, epoch,
     with torch.no_grad():
         for param_q, param_k in zip(student.parameters(), teacher.parameters()):
             param_k.data.mul_(m).add_((1 - m) * param_q.detach().data)
-    return loss.item()
+    return loss.item(), entropy
+
+
+def teacher_entropy(teacher_output, center, temp):
+    """Mean entropy (nats) of the centred, sharpened teacher distribution: the paper's collapse
+    diagnostic (Section 5.3, Fig. 7). The loss is H(P_t, P_s) = H(P_t) + KL(P_t || P_s), so the
+    KL divergence of the figure is the loss minus this."""
+    p = F.softmax((teacher_output - center) / temp, dim=-1)
+    return float(-(p * torch.log(p.clamp_min(1e-30))).sum(-1).mean())
 
 
 def mode_step(args):
@@ -327,16 +345,52 @@ def save_backbone(model, path):
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, path)
 
 
+def eval_transform(size):
+    """eval_knn.py: Resize(size * 256/224, bicubic) of the shorter side, CenterCrop(size)."""
+    return transforms.Compose([
+        transforms.Resize(round(size * 256 / 224), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(size), transforms.ToTensor(),
+        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+
+
+@torch.no_grad()
+def knn_top1(backbone_model, root, size, k=20, t=0.07, batch=256):
+    """Official weighted k-NN (eval_knn.py) of a backbone: bank = the train split, queries = the
+    test split of an IDX folder. The same numbers as `dino knn` up to resampling round-off."""
+    backbone_model.eval()
+    tf = eval_transform(size)
+
+    def features(split):
+        images, labels = idx_split(root, split)
+        feats = []
+        for i in range(0, len(images), batch):
+            x = torch.stack([tf(Image.fromarray(a).convert("RGB")) for a in images[i:i + batch]])
+            feats.append(F.normalize(backbone_model(x), dim=1))
+        return torch.cat(feats), torch.from_numpy(labels)
+
+    train_f, train_l = features("train")
+    val_f, val_l = features("val")
+    classes, correct = int(train_l.max()) + 1, 0
+    for i in range(0, len(val_f), 500):
+        d, idx = (val_f[i:i + 500] @ train_f.T).topk(k, dim=1)
+        votes = torch.zeros(len(idx), classes).scatter_add_(1, train_l[idx], (d / t).exp())
+        correct += (votes.argmax(1) == val_l[i:i + 500]).sum().item()
+    backbone_model.train()
+    return 100.0 * correct / len(val_f)
+
+
 def mode_train(args):
-    """Official main_dino.train_dino on one process with the dino-rs `small` preset."""
+    """Official main_dino.train_dino on one process with the dino-rs `small` preset (or --set)."""
     cfg = config(args)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
     aug = DataAugmentationDINO(cfg["global_crops_scale"], cfg["local_crops_scale"], cfg["local_crops"],
-                               cfg["global_size"], cfg["local_size"])
+                               cfg["global_size"], cfg["local_size"], cfg["blur_radius"])
     dataset = IdxDataset(args.data_path, "train", aug)
+    if args.train_count:
+        dataset.images, dataset.labels = dataset.images[:args.train_count], dataset.labels[:args.train_count]
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg["batch"], shuffle=True, drop_last=True,
                                          num_workers=args.num_workers, persistent_workers=args.num_workers > 0)
     student, teacher = build(cfg)
@@ -351,23 +405,39 @@ def mode_train(args):
                                    cfg["warmup_epochs"])
     wd_schedule = cosine_scheduler(cfg["weight_decay"], cfg["weight_decay_end"], epochs, niter)
     momentum_schedule = cosine_scheduler(cfg["momentum"], 1, epochs, niter)
-    start = time.perf_counter()
+    eval_root = args.eval_path or args.data_path
+    if args.eval_every:
+        print(json.dumps({"epoch": 0, "knn20": knn_top1(teacher.backbone, eval_root, cfg["global_size"])}),
+              flush=True)
+    start, train_secs = time.perf_counter(), 0.0
     log = []
     for epoch in range(epochs):
-        losses = []
+        losses, entropies = [], []
+        t0 = time.perf_counter()
         for it, (crops, _) in enumerate(loader):
             gi = epoch * niter + it
             globals_ = torch.cat(crops[:2])
             locals_ = torch.cat(crops[2:]) if n > 0 else None
-            losses.append(train_step(student, teacher, dino_loss, optimizer, globals_, locals_, epoch,
-                                     lr_schedule[gi], wd_schedule[gi], momentum_schedule[gi], cfg))
-        log.append(float(np.mean(losses)))
-        print(f"epoch {epoch + 1}/{epochs}: loss {log[-1]:.4f}", file=sys.stderr)
+            loss, entropy = train_step(student, teacher, dino_loss, optimizer, globals_, locals_, epoch,
+                                       lr_schedule[gi], wd_schedule[gi], momentum_schedule[gi], cfg)
+            losses.append(loss)
+            entropies.append(entropy)
+        train_secs += time.perf_counter() - t0
+        rec = {"epoch": epoch + 1, "iters": (epoch + 1) * niter, "loss": float(np.mean(losses)),
+               "teacher_entropy": float(np.mean(entropies)),
+               "kl": float(np.mean(losses) - np.mean(entropies)), "train_s": round(train_secs, 1)}
+        if args.eval_every and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == epochs):
+            rec["knn20"] = knn_top1(teacher.backbone, eval_root, cfg["global_size"])
+        log.append(rec)
+        print(json.dumps(rec), flush=True)
     secs = time.perf_counter() - start
     save_backbone(teacher.backbone, os.path.join(args.output_dir, "teacher.safetensors"))
+    with open(os.path.join(args.output_dir, "peer_log.json"), "w") as f:
+        json.dump({"config": cfg, "log": log}, f)
     print(json.dumps({"bench": "train", "impl": "pytorch", "threads": torch.get_num_threads(),
-                      "images": len(dataset), "epochs": epochs, "seconds": secs, "epoch_losses": log,
-                      "images_per_s": len(dataset) // cfg["batch"] * cfg["batch"] * epochs / secs}))
+                      "images": len(dataset), "epochs": epochs, "seconds": secs, "train_seconds": train_secs,
+                      "epoch_losses": [r["loss"] for r in log], "log": log,
+                      "images_per_s": len(dataset) // cfg["batch"] * cfg["batch"] * epochs / train_secs}))
 
 
 def mode_knn_raw(args):
@@ -410,6 +480,11 @@ def main():
     t.add_argument("--output_dir", required=True)
     t.add_argument("--epochs", type=int, default=3)
     t.add_argument("--num_workers", type=int, default=2)
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a preset value, e.g. --set out_dim=256 --set lr=0.005 (JSON values)")
+    t.add_argument("--eval_every", type=int, default=0, help="k-NN@20 of the teacher every N epochs")
+    t.add_argument("--eval_path", help="IDX folder for the k-NN (default: --data_path)")
+    t.add_argument("--train_count", type=int, default=0, help="train on the first N pictures only")
     i = sub.add_parser("infer")
     i.add_argument("--arch", default="vit_small", choices=ARCHS)
     i.add_argument("--patch_size", type=int, default=16)

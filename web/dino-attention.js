@@ -6,8 +6,8 @@
 //
 // Attributes: src (picture URL), weights (a `dino export` safetensors file; default: the model
 // shipped next to this file), heads ("mean": head-mean overlay, "all": one map per head),
-// threshold (draw the official cumulative-mass masks), size (model input side in px; default
-// 28 patches a side),
+// threshold (draw the official cumulative-mass masks), size (the model input's shorter side in
+// px, the aspect ratio kept; default 28 patches),
 // opacity (0..1). Every widget on a page shares one engine (one device) and one copy of each model.
 
 const here = new URL('.', import.meta.url);
@@ -104,7 +104,7 @@ class DinoAttention extends HTMLElement {
       const bytes = new Uint8Array(await res.arrayBuffer());
       // Default input: 28 x 28 patches, as on the page (112 px for patch 4, 224 for 8, 448 for 16).
       const size = parseInt(this.getAttribute('size') || String(28 * model.info.patch_size), 10);
-      const analysis = await engine.analyze(model.name, bytes, size, size);
+      const analysis = await engine.analyze(model.name, bytes, size);
       if (gen !== this.generation) return; // a newer update superseded this one
       this.analysis = analysis;
       this.draw();

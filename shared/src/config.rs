@@ -47,6 +47,44 @@ impl VitConfig {
         Self { img_size, patch_size, in_chans: 3, embed_dim, depth, num_heads, mlp_ratio: 4.0, drop_path_rate: 0.0 }
     }
 
+    /// Check that this shape can be built and run: every loader (`.pth`, safetensors, the page's
+    /// metadata) and `dino train` call it before building a model, so that no bad file or flag
+    /// reaches an assertion inside the model.
+    ///
+    /// # Errors
+    /// The first violated rule, as a [`ConfigError`].
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        use ConfigError::*;
+        let within = |what: &'static str, value: usize, max: usize| {
+            if value == 0 || value > max {
+                Err(OutOfRange { what, value, max })
+            } else {
+                Ok(())
+            }
+        };
+        if self.in_chans != 3 {
+            return Err(Channels(self.in_chans));
+        }
+        within("patch size", self.patch_size, 1024)?;
+        within("embedding dimension", self.embed_dim, 16384)?;
+        within("depth", self.depth, 256)?;
+        within("head count", self.num_heads, self.embed_dim)?;
+        within("image size", self.img_size, 16384)?;
+        if self.embed_dim % self.num_heads != 0 {
+            return Err(Heads { embed_dim: self.embed_dim, num_heads: self.num_heads });
+        }
+        if self.img_size < self.patch_size || self.img_size % self.patch_size != 0 {
+            return Err(ImageSize { img_size: self.img_size, patch_size: self.patch_size });
+        }
+        if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0 && self.mlp_ratio <= 64.0) {
+            return Err(MlpRatio(self.mlp_ratio));
+        }
+        if !(0.0..1.0).contains(&self.drop_path_rate) {
+            return Err(DropPath(self.drop_path_rate));
+        }
+        Ok(())
+    }
+
     pub fn with_drop_path_rate(mut self, rate: f64) -> Self {
         self.drop_path_rate = rate;
         self
@@ -78,6 +116,23 @@ impl VitConfig {
     }
 }
 
+/// Why a [`VitConfig`] or [`HeadConfig`] cannot be built.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("the patch embedding takes {0} input channel(s); the model reads RGB pictures (3)")]
+    Channels(usize),
+    #[error("{num_heads} heads do not divide the embedding dimension {embed_dim}")]
+    Heads { embed_dim: usize, num_heads: usize },
+    #[error("image size {img_size} is not a positive multiple of the patch size {patch_size}")]
+    ImageSize { img_size: usize, patch_size: usize },
+    #[error("{what} {value} is out of range (1 to {max})")]
+    OutOfRange { what: &'static str, value: usize, max: usize },
+    #[error("MLP ratio {0} is out of range (0 to 64]")]
+    MlpRatio(f64),
+    #[error("drop-path rate {0} is out of range [0, 1)")]
+    DropPath(f64),
+}
+
 /// Shape of the DINO projection head (official `DINOHead` arguments).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeadConfig {
@@ -91,6 +146,28 @@ pub struct HeadConfig {
 }
 
 impl HeadConfig {
+    /// Check that this head can be built (see [`VitConfig::validate`]).
+    ///
+    /// # Errors
+    /// A dimension that is zero or absurdly large.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let within = |what: &'static str, value: usize, max: usize| {
+            if value == 0 || value > max {
+                Err(ConfigError::OutOfRange { what, value, max })
+            } else {
+                Ok(())
+            }
+        };
+        within("head input dimension", self.in_dim, 16384)?;
+        within("head output dimension", self.out_dim, 1 << 20)?;
+        within("head bottleneck dimension", self.bottleneck_dim, 16384)?;
+        within("head layer count", self.nlayers, 16)?;
+        if self.nlayers > 1 {
+            within("head hidden dimension", self.hidden_dim, 65536)?;
+        }
+        Ok(())
+    }
+
     /// The official defaults: 3 layers, hidden 2048, bottleneck 256.
     pub fn new(in_dim: usize, out_dim: usize, norm_last_layer: bool) -> Self {
         Self { in_dim, out_dim, hidden_dim: 2048, bottleneck_dim: 256, nlayers: 3, norm_last_layer }

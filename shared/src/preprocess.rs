@@ -25,24 +25,75 @@ pub enum PreprocessError {
     TooSmall { width: u32, height: u32, patch: usize },
     #[error("image size {0}x{1} is smaller than one {2}x{2} patch")]
     SizeTooSmall(usize, usize, usize),
+    #[error("--image_size takes one value (the shorter side) or two (H W), all positive; got {0:?}")]
+    BadSize(Vec<usize>),
 }
 
 /// Decode a picture from its bytes, recognising the format by content (not by file name):
 /// JPEG, PNG, WebP, BMP, TIFF, GIF. The message says what is wrong; callers add the file name.
+///
+/// Bytes after the end of the picture (a JPEG's end-of-image marker, a PNG's IEND: camera and
+/// motion-photo trailers) are ignored, as PIL ignores them. The EXIF orientation of JPEG, WebP
+/// and TIFF files is applied, so phone photos come upright: this is `ImageOps.exif_transpose`,
+/// a deliberate deviation from the official loaders (PIL's `Image.open` leaves it unapplied).
 pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage, String> {
+    use image::ImageDecoder;
     if bytes.is_empty() {
         return Err("the file is empty".into());
     }
     let format = image::guess_format(bytes).map_err(|_| "not an image (unrecognised format)".to_string())?;
-    // The JPEG decoder fills a cut-off file with gray instead of failing (PIL refuses it):
-    // a JPEG must end with its end-of-image marker (some cameras append a few bytes after it).
-    if format == image::ImageFormat::Jpeg {
-        let tail = &bytes[bytes.len().saturating_sub(1024)..];
-        if !tail.windows(2).any(|w| w == [0xFF, 0xD9]) {
-            return Err("cannot decode image: truncated JPEG (no end-of-image marker)".into());
+    // The JPEG decoder fills a cut-off file with gray instead of failing (PIL refuses it).
+    if format == image::ImageFormat::Jpeg && !jpeg_reaches_end(bytes) {
+        return Err("cannot decode image: truncated JPEG (the data ends before the end-of-image marker)".into());
+    }
+    let failed = |e: image::ImageError| format!("cannot decode image: {e}");
+    let reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let mut decoder = reader.into_decoder().map_err(failed)?;
+    // A header can claim any size; not every decoder enforces the reader's memory limit, so the
+    // size is checked here before anything is allocated.
+    let (w, h) = decoder.dimensions();
+    if decoder.total_bytes() > MAX_DECODED_BYTES {
+        return Err(format!("the picture claims {w}x{h} pixels: larger than {} MiB decoded", MAX_DECODED_BYTES >> 20));
+    }
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(failed)?;
+    img.apply_orientation(orientation);
+    Ok(img)
+}
+
+/// The largest decoded picture accepted, in bytes (a 16k x 8k RGBA picture).
+pub const MAX_DECODED_BYTES: u64 = 512 << 20;
+
+/// Whether a JPEG stream reaches its end-of-image marker (FF D9), walking its segments as a
+/// decoder does: segment lengths are skipped (an EXIF thumbnail's own FF D9 does not count),
+/// entropy-coded data runs to the next marker that is not a stuffed FF 00 or a restart marker.
+fn jpeg_reaches_end(bytes: &[u8]) -> bool {
+    let mut i = 2; // after SOI
+    while i + 1 < bytes.len() {
+        if bytes[i] != 0xFF {
+            i += 1; // stray bytes between segments (libjpeg warns and skips them)
+            continue;
+        }
+        match bytes[i + 1] {
+            0xD9 => return true,
+            0xFF => i += 1, // fill byte
+            0x01 | 0xD0..=0xD7 => i += 2,
+            marker => {
+                let Some(len) = bytes.get(i + 2..i + 4).map(|b| u16::from_be_bytes([b[0], b[1]]) as usize) else {
+                    return false;
+                };
+                i += 2 + len;
+                if marker == 0xDA {
+                    while i + 1 < bytes.len()
+                        && !(bytes[i] == 0xFF && bytes[i + 1] != 0x00 && !(0xD0..=0xD7).contains(&bytes[i + 1]))
+                    {
+                        i += 1;
+                    }
+                }
+            }
         }
     }
-    image::load_from_memory_with_format(bytes, format).map_err(|e| format!("cannot decode image: {e}"))
+    false
 }
 
 /// Any decoded image (grayscale, RGBA, 16-bit, CMYK-converted JPEG...) as 8-bit RGB, the way
@@ -71,15 +122,60 @@ fn check_size(img: &RgbImage, patch: usize) -> Result<(), PreprocessError> {
     Ok(())
 }
 
-/// visualize_attention.py: `Resize((H, W))`, ToTensor, Normalize, then crop to a multiple of
-/// the patch size. torchvision resizes PIL images bilinearly with antialiasing; the `image`
-/// crate's triangle filter widens its support the same way when shrinking.
-/// Pictures larger than [`MAX_SOURCE_SIDE`] are first shrunk to it (on native and web alike).
-pub fn for_attention(img: &DynamicImage, height: usize, width: usize, patch: usize) -> Result<ModelInput, PreprocessError> {
+/// How a picture is sized for the model, as the official scripts' `--image_size` does it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageSize {
+    /// torchvision `Resize(side)`: the shorter side becomes `side` pixels, the longer one follows
+    /// the picture's aspect ratio (`int(side * long / short)`, as torchvision rounds it).
+    ShorterSide(usize),
+    /// torchvision `Resize((height, width))`: exactly this size, aspect ratio not kept.
+    Exact { height: usize, width: usize },
+}
+
+impl ImageSize {
+    /// `--image_size S` (shorter side) or `--image_size H W` (exact), in pixels.
+    ///
+    /// # Errors
+    /// Not one or two values, or a zero.
+    pub fn from_values(values: &[usize]) -> Result<Self, PreprocessError> {
+        match values {
+            [s] if *s > 0 => Ok(Self::ShorterSide(*s)),
+            [h, w] if *h > 0 && *w > 0 => Ok(Self::Exact { height: *h, width: *w }),
+            _ => Err(PreprocessError::BadSize(values.to_vec())),
+        }
+    }
+
+    /// The (height, width) a `width` x `height` picture is resized to (torchvision
+    /// `transforms.functional._compute_resized_output_size`).
+    pub fn resolve(self, width: u32, height: u32) -> (usize, usize) {
+        match self {
+            Self::Exact { height, width } => (height, width),
+            Self::ShorterSide(side) => {
+                let (w, h) = (width.max(1) as f64, height.max(1) as f64);
+                if w <= h {
+                    (((side as f64) * h / w) as usize, side)
+                } else {
+                    (side, ((side as f64) * w / h) as usize)
+                }
+            }
+        }
+    }
+}
+
+/// visualize_attention.py: `Resize(image_size)` (see [`ImageSize`]), ToTensor, Normalize, then
+/// crop to a multiple of the patch size (top-left, as official). torchvision resizes PIL images
+/// bilinearly with antialiasing; the `image` crate's triangle filter widens its support the same
+/// way when shrinking. Pictures larger than [`MAX_SOURCE_SIDE`] are first shrunk to it (on
+/// native and web alike).
+///
+/// # Errors
+/// The picture or the resized size is smaller than one patch.
+pub fn for_attention(img: &DynamicImage, size: ImageSize, patch: usize) -> Result<ModelInput, PreprocessError> {
     let rgb = to_rgb(img);
     let rgb = downscale_huge(rgb);
     // Below one patch there is nothing at the model's scale to look at: refuse, do not upscale.
     check_size(&rgb, patch)?;
+    let (height, width) = size.resolve(rgb.width(), rgb.height());
     let (h, w) = (height - height % patch, width - width % patch);
     if h == 0 || w == 0 {
         return Err(PreprocessError::SizeTooSmall(width, height, patch));
@@ -143,9 +239,39 @@ mod tests {
     #[test]
     fn attention_input_is_cropped_to_patch_multiple() {
         let img = DynamicImage::ImageRgb8(RgbImage::new(50, 40));
-        let x = for_attention(&img, 100, 70, 16).unwrap();
+        let x = for_attention(&img, ImageSize::Exact { height: 100, width: 70 }, 16).unwrap();
         assert_eq!((x.height, x.width), (96, 64));
         assert_eq!(x.data.len(), 3 * 96 * 64);
+    }
+
+    /// One value is torchvision's `Resize(224)`: the 320x213 chelsea photo becomes 336x224
+    /// (int(224 * 320 / 213) = 336), cropped to 21 x 14 patches of 16.
+    #[test]
+    fn one_size_keeps_the_aspect_ratio() {
+        let img = DynamicImage::ImageRgb8(RgbImage::new(320, 213));
+        let x = for_attention(&img, ImageSize::from_values(&[224]).unwrap(), 16).unwrap();
+        assert_eq!((x.height / 16, x.width / 16), (14, 21));
+        assert_eq!(ImageSize::ShorterSide(224).resolve(213, 320), (336, 224));
+        assert!(ImageSize::from_values(&[]).is_err() && ImageSize::from_values(&[0]).is_err());
+        assert!(ImageSize::from_values(&[1, 2, 3]).is_err());
+    }
+
+    /// A JPEG followed by a trailer (motion photos append a video after the end marker)
+    /// decodes, as in PIL; one cut before its end is refused.
+    #[test]
+    fn jpeg_trailer_decodes_and_truncation_is_refused() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/images");
+        let jpeg = std::fs::read(dir.join("astronaut.jpg")).unwrap();
+        let plain = decode_image(&jpeg).unwrap();
+        let mut trailer = jpeg.clone();
+        trailer.extend((0..4096u32).map(|i| (i * 7 + 1) as u8));
+        assert_eq!(decode_image(&trailer).unwrap().to_rgb8(), plain.to_rgb8());
+        let cut = &jpeg[..jpeg.len() / 2];
+        assert!(decode_image(cut).unwrap_err().contains("truncated"));
+        let png = std::fs::read(dir.join("coffee.png")).unwrap();
+        let mut png_trailer = png.clone();
+        png_trailer.extend([0u8; 4096]);
+        assert_eq!(decode_image(&png_trailer).unwrap().to_rgb8(), decode_image(&png).unwrap().to_rgb8());
     }
 
     #[test]

@@ -22,6 +22,19 @@ pub struct HostTensor {
 }
 
 impl HostTensor {
+    /// A tensor whose `data` holds exactly the product of `shape` values.
+    ///
+    /// # Errors
+    /// A shape that does not match the number of values (e.g. from a damaged file).
+    pub fn checked(shape: Vec<usize>, data: Vec<f32>) -> Result<Self, String> {
+        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if n != Some(data.len()) {
+            return Err(format!("shape {shape:?} does not hold its {} values", data.len()));
+        }
+        Ok(Self { shape, data })
+    }
+
+    /// Panics when `shape` does not hold `data` (for tensors this crate made itself).
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
         assert_eq!(shape.iter().product::<usize>(), data.len(), "shape {shape:?} does not hold {} values", data.len());
         Self { shape, data }

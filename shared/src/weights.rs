@@ -88,7 +88,7 @@ pub fn parse_safetensors(bytes: &[u8]) -> Result<(StateDict, HashMap<String, Str
     for (name, view) in st.iter() {
         let data = to_f32(view.dtype(), view.data())
             .ok_or_else(|| format!("tensor {name} has dtype {:?}; expected a float type", view.dtype()))?;
-        out.insert(name.to_string(), HostTensor::new(view.shape().to_vec(), data));
+        out.insert(name.to_string(), HostTensor::checked(view.shape().to_vec(), data).map_err(|e| format!("tensor {name}: {e}"))?);
     }
     Ok((out, meta.metadata().clone().unwrap_or_default()))
 }
@@ -157,7 +157,9 @@ impl WeightsFile {
         let mut selected = StateDict::new();
         let mut all = all;
         for (orig, k) in keys {
-            selected.insert(k, all.remove(&orig).unwrap());
+            if let Some(t) = all.remove(&orig) {
+                selected.insert(k, t);
+            }
         }
         let (backbone, head) = split_backbone_head(selected);
         let vit = meta.get("vit").map(|s| serde_json::from_str(s)).transpose().map_err(|e| err(format!("bad 'vit' metadata: {e}")))?;
@@ -180,11 +182,33 @@ impl WeightsFile {
         Ok(Self { name, backbone, head, vit: None, head_config: None })
     }
 
-    /// The architecture: from the file's metadata, else from `spec` and the tensor shapes.
+    /// The architecture: from the file's metadata, else from `spec` and the tensor shapes;
+    /// always validated ([`VitConfig::validate`]).
     pub fn vit_config(&self, spec: &ArchSpec) -> Result<VitConfig, WeightsError> {
+        let cfg = self.unchecked_vit_config(spec)?;
+        cfg.validate().map_err(|e| WeightsError::new(&self.name, e.to_string()))?;
+        Ok(cfg)
+    }
+
+    fn unchecked_vit_config(&self, spec: &ArchSpec) -> Result<VitConfig, WeightsError> {
         let err = |m: String| WeightsError::new(&self.name, m);
         if let (Some(cfg), None) = (&self.vit, &spec.arch) {
-            return Ok(cfg.clone());
+            // The metadata must describe the tensors the file holds: a model is only built at
+            // the size the file can fill (absurd metadata never reaches an allocation).
+            let found = infer_vit_config(&self.backbone, Some(cfg.num_heads)).map_err(err)?;
+            let shape = |c: &VitConfig| (c.in_chans, c.patch_size, c.embed_dim, c.depth, c.img_size, c.mlp_hidden());
+            if shape(&found) != shape(cfg) {
+                return Err(err(format!(
+                    "the 'vit' metadata (channels, patch, dim, depth, image size, MLP width = {:?}) does not match the tensors ({:?})",
+                    shape(cfg),
+                    shape(&found)
+                )));
+            }
+            let mut cfg = cfg.clone();
+            if let Some(h) = spec.num_heads {
+                cfg.num_heads = h;
+            }
+            return Ok(cfg);
         }
         let inferred = infer_vit_config(&self.backbone, spec.num_heads.or(self.vit.as_ref().map(|c| c.num_heads)));
         match &spec.arch {
@@ -213,10 +237,22 @@ impl WeightsFile {
         if self.head.is_empty() {
             return Ok(None);
         }
-        if let Some(cfg) = &self.head_config {
-            return Ok(Some(cfg.clone()));
-        }
-        infer_head_config(&self.head, norm_last_layer).map(Some).map_err(|m| WeightsError::new(&self.name, m))
+        let found = infer_head_config(&self.head, norm_last_layer).map_err(|m| WeightsError::new(&self.name, m))?;
+        let cfg = match &self.head_config {
+            Some(cfg) => {
+                let shape = |c: &HeadConfig| (c.in_dim, c.out_dim, if c.nlayers > 1 { c.hidden_dim } else { 0 }, c.bottleneck_dim, c.nlayers);
+                if shape(cfg) != shape(&found) {
+                    return Err(WeightsError::new(
+                        &self.name,
+                        format!("the 'head' metadata {:?} does not match the head tensors {:?}", shape(cfg), shape(&found)),
+                    ));
+                }
+                cfg.clone()
+            }
+            None => found,
+        };
+        cfg.validate().map_err(|e| WeightsError::new(&self.name, e.to_string()))?;
+        Ok(Some(cfg))
     }
 
     /// A backbone holding these weights (errors list missing / unexpected / mis-shaped keys).
@@ -250,7 +286,7 @@ fn read_pth(path: &std::path::Path, checkpoint_key: &str) -> Result<StateDict, S
     }
     let mut out = StateDict::new();
     for (orig, key) in select_model_keys(&names, checkpoint_key)? {
-        let t = tensors.remove(&orig).unwrap();
+        let Some(t) = tensors.remove(&orig) else { continue };
         let bytes = t.read().map_err(|e| format!("cannot read tensor {orig}: {e}"))?;
         let data: Vec<f32> = match t.dtype() {
             DType::F32 => bytes.chunks_exact(4).map(|b| f32::from_ne_bytes(b.try_into().unwrap())).collect(),
@@ -260,9 +296,15 @@ fn read_pth(path: &std::path::Path, checkpoint_key: &str) -> Result<StateDict, S
             // Integer buffers (e.g. optimizer steps) are not model weights.
             _ => continue,
         };
-        out.insert(key, HostTensor::new(t.shape().to_vec(), data));
+        out.insert(key, HostTensor::checked(t.shape().to_vec(), data).map_err(|e| format!("tensor {orig}: {e}"))?);
     }
     Ok(out)
+}
+
+/// The shape of `key`, which must have `N` dimensions.
+fn dims<const N: usize>(sd: &StateDict, key: &str) -> Result<[usize; N], String> {
+    let shape = shape_of(sd, key)?;
+    shape.try_into().map_err(|_| format!("{key} has shape {shape:?}; expected {N} dimensions"))
 }
 
 fn shape_of<'a>(sd: &'a StateDict, key: &str) -> Result<&'a [usize], String> {
@@ -276,8 +318,8 @@ fn shape_of<'a>(sd: &'a StateDict, key: &str) -> Result<&'a [usize], String> {
 /// `num_heads`, or the official head width of 64 (vit_tiny 3, vit_small 6, vit_base 12).
 pub fn infer_vit_config(sd: &StateDict, num_heads: Option<usize>) -> Result<VitConfig, String> {
     let w = shape_of(sd, "patch_embed.proj.weight")?;
-    if w.len() != 4 || w[2] != w[3] {
-        return Err(format!("patch_embed.proj.weight has shape {w:?}; expected [dim, 3, p, p]"));
+    if w.len() != 4 || w[2] != w[3] || w[1] != 3 {
+        return Err(format!("patch_embed.proj.weight has shape {w:?}; expected [dim, 3, p, p] (RGB input)"));
     }
     let (embed_dim, in_chans, patch_size) = (w[0], w[1], w[2]);
     let pos = shape_of(sd, "pos_embed")?;
@@ -292,7 +334,7 @@ pub fn infer_vit_config(sd: &StateDict, num_heads: Option<usize>) -> Result<VitC
         .max()
         .map(|d| d + 1)
         .ok_or("no blocks.* tensors: not a ViT backbone")?;
-    let hidden = shape_of(sd, "blocks.0.mlp.fc1.weight")?[0];
+    let [hidden, _] = dims::<2>(sd, "blocks.0.mlp.fc1.weight")?;
     let num_heads = match num_heads {
         Some(h) => h,
         None if embed_dim % 64 == 0 => embed_dim / 64,
@@ -312,7 +354,7 @@ pub fn infer_vit_config(sd: &StateDict, num_heads: Option<usize>) -> Result<VitC
 
 /// DINO head shape from its tensors (`mlp.{0,2,4}`, `last_layer.weight_v`).
 pub fn infer_head_config(sd: &StateDict, norm_last_layer: bool) -> Result<HeadConfig, String> {
-    let v = shape_of(sd, "last_layer.weight_v")?;
+    let v = dims::<2>(sd, "last_layer.weight_v")?;
     let mut layers: Vec<usize> = sd
         .keys()
         .filter_map(|k| k.strip_prefix("mlp.")?.split('.').next()?.parse::<usize>().ok())
@@ -321,9 +363,9 @@ pub fn infer_head_config(sd: &StateDict, norm_last_layer: bool) -> Result<HeadCo
     layers.dedup();
     let (in_dim, hidden_dim, nlayers) = if layers.is_empty() {
         // nlayers = 1: `mlp` is a bare Linear.
-        (shape_of(sd, "mlp.weight")?[1], 0, 1)
+        (dims::<2>(sd, "mlp.weight")?[1], 0, 1)
     } else {
-        let first = shape_of(sd, "mlp.0.weight")?;
+        let first = dims::<2>(sd, "mlp.0.weight")?;
         (first[1], first[0], layers.len())
     };
     Ok(HeadConfig { in_dim, out_dim: v[0], hidden_dim, bottleneck_dim: v[1], nlayers, norm_last_layer })

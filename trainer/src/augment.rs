@@ -29,6 +29,8 @@ pub struct CropSpec {
     pub size: usize,
     pub scale: (f64, f64),
     pub blur_p: f64,
+    /// Range of the Gaussian blur radius in pixels (official `GaussianBlur`: 0.1 to 2.0).
+    pub blur_radius: (f64, f64),
     pub solarize_p: f64,
 }
 
@@ -41,14 +43,23 @@ pub struct MultiCrop {
     pub global_crops_scale: (f64, f64),
     pub local_crops_scale: (f64, f64),
     pub local_crops_number: usize,
+    /// Gaussian blur radius range in pixels, every crop (official 0.1 to 2.0).
+    #[serde(default = "official_blur_radius")]
+    pub blur_radius: (f64, f64),
+}
+
+/// The official `GaussianBlur(radius_min=0.1, radius_max=2.)` range.
+pub fn official_blur_radius() -> (f64, f64) {
+    (0.1, 2.0)
 }
 
 impl MultiCrop {
     /// The crop list in the official order: global 1, global 2, then the local crops.
     pub fn crops(&self) -> Vec<CropSpec> {
-        let g = |blur_p, solarize_p| CropSpec { size: self.global_size, scale: self.global_crops_scale, blur_p, solarize_p };
+        let blur_radius = self.blur_radius;
+        let g = |blur_p, solarize_p| CropSpec { size: self.global_size, scale: self.global_crops_scale, blur_p, blur_radius, solarize_p };
         let mut v = vec![g(1.0, 0.0), g(0.1, 0.2)];
-        let local = CropSpec { size: self.local_size, scale: self.local_crops_scale, blur_p: 0.5, solarize_p: 0.0 };
+        let local = CropSpec { size: self.local_size, scale: self.local_crops_scale, blur_p: 0.5, blur_radius, solarize_p: 0.0 };
         v.extend(std::iter::repeat_n(local, self.local_crops_number));
         v
     }
@@ -346,7 +357,8 @@ pub fn augment_traced(img: &RgbImage, spec: &CropSpec, rng: &mut StdRng) -> (Rgb
         grayscale(&mut out);
     }
     if spec.blur_p > 0.0 && rng.random_bool(spec.blur_p) {
-        let radius = rng.random_range(0.1f32..=2.0);
+        let (lo, hi) = (spec.blur_radius.0 as f32, spec.blur_radius.1 as f32);
+        let radius = if hi > lo { rng.random_range(lo..=hi) } else { lo };
         gaussian_blur(&mut out, radius);
         t.blur_radius = Some(radius);
     }
@@ -379,6 +391,7 @@ mod tests {
             global_crops_scale: (0.4, 1.0),
             local_crops_scale: (0.05, 0.4),
             local_crops_number: 8,
+            blur_radius: official_blur_radius(),
         }
     }
 

@@ -1,51 +1,18 @@
-//! Files that must never be left half-written: written to a temporary file in the same
-//! folder, flushed to disk, then renamed over the target (atomic on POSIX file systems).
-
-use std::io::Write;
-use std::path::Path;
-
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", dir.display()))?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // Persist the rename itself.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow::bail!("{}: cannot write: {e}", path.display());
-    }
-    Ok(())
-}
+//! Training checkpoints: the official checkpoint's structure in one safetensors file, written
+//! atomically ([`write_atomically`]) and restored exactly.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use dino_shared::state_dict::{load_state_dict, to_state_dict, HostTensor, StateDict};
 use dino_shared::weights::{parse_safetensors, serialize_safetensors, ExportDType};
 
 use crate::config::TrainConfig;
+use crate::fsutil::write_atomically;
 use crate::model::Dino;
 use crate::optim::AdamW;
-
-/// Everything needed to continue training exactly where it stopped.
-pub struct TrainState {
-    /// The next epoch to run.
-    pub epoch: usize,
-    pub student: Dino,
-    pub teacher: Dino,
-    pub optimizer: AdamW,
-    pub center: Tensor<2>,
-}
+use crate::train::TrainState;
 
 fn prefixed(out: &mut StateDict, prefix: &str, sd: StateDict) {
     for (k, v) in sd {

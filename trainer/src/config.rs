@@ -45,6 +45,8 @@ pub struct TrainConfig {
     pub local_crops_scale: (f64, f64),
     pub global_crops_size: usize,
     pub local_crops_size: usize,
+    /// Gaussian blur radius range in pixels (official 0.1 2.0, made for 224 / 96 px crops).
+    pub blur_radius: (f64, f64),
     // Run.
     pub data_path: Option<PathBuf>,
     pub output_dir: PathBuf,
@@ -56,6 +58,10 @@ pub struct TrainConfig {
     pub max_iters: usize,
     /// Print the time of every phase of a step after each epoch.
     pub profile: bool,
+    /// k-NN of the teacher every this many epochs during training (0: floor and end only).
+    pub eval_every: usize,
+    /// No k-NN evaluation at all (nor the floor, nor the attention maps after training).
+    pub skip_eval: bool,
 }
 
 impl Default for TrainConfig {
@@ -90,6 +96,7 @@ impl Default for TrainConfig {
             local_crops_scale: (0.05, 0.4),
             global_crops_size: 224,
             local_crops_size: 96,
+            blur_radius: crate::augment::official_blur_radius(),
             data_path: None,
             output_dir: PathBuf::from("."),
             saveckp_freq: 20,
@@ -98,6 +105,8 @@ impl Default for TrainConfig {
             device: DeviceChoice::Auto,
             max_iters: 0,
             profile: false,
+            eval_every: 0,
+            skip_eval: false,
         }
     }
 }
@@ -171,8 +180,8 @@ impl TrainConfig {
             self.local_crops_size,
             self.patch_size
         );
+        anyhow::ensure!(self.patch_size > 0, "--patch_size must be at least 1");
         let cfg = if self.arch == "custom" {
-            anyhow::ensure!(self.embed_dim % self.num_heads == 0, "--embed_dim must be a multiple of --num_heads");
             VitConfig::custom(img, self.patch_size, self.embed_dim, self.depth, self.num_heads)
         } else {
             let mut c = VitConfig::from_arch(&self.arch, self.patch_size)
@@ -181,7 +190,11 @@ impl TrainConfig {
             c.img_size = img;
             c
         };
-        Ok(cfg.with_drop_path_rate(self.drop_path_rate))
+        let cfg = cfg.with_drop_path_rate(self.drop_path_rate);
+        cfg.validate().map_err(|e| {
+            anyhow::anyhow!("model: {e} (--arch {}, --embed_dim, --depth, --num_heads, --patch_size, --global_crops_size, --drop_path_rate)", self.arch)
+        })?;
+        Ok(cfg)
     }
 
     pub fn head(&self, in_dim: usize) -> HeadConfig {
@@ -208,17 +221,48 @@ impl TrainConfig {
             global_crops_scale,
             local_crops_scale: self.local_crops_scale,
             local_crops_number: self.local_crops_number,
+            blur_radius: self.blur_radius,
         }
     }
 
+    /// Every setting checked before anything runs: one line naming the flag and the problem.
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.batch_size_per_gpu > 0, "--batch_size_per_gpu must be positive");
-        anyhow::ensure!(self.epochs > 0, "--epochs must be positive");
-        anyhow::ensure!(self.freeze_last_layer <= self.epochs, "--freeze_last_layer exceeds --epochs");
+        use anyhow::ensure;
+        ensure!(self.batch_size_per_gpu > 0, "--batch_size_per_gpu must be at least 1");
+        ensure!(self.epochs > 0, "--epochs must be at least 1");
+        ensure!(self.freeze_last_layer <= self.epochs, "--freeze_last_layer {} exceeds --epochs {}", self.freeze_last_layer, self.epochs);
+        ensure!(self.warmup_epochs <= self.epochs, "--warmup_epochs {} exceeds --epochs {}", self.warmup_epochs, self.epochs);
+        ensure!(
+            self.warmup_teacher_temp_epochs <= self.epochs,
+            "--warmup_teacher_temp_epochs {} exceeds --epochs {}",
+            self.warmup_teacher_temp_epochs,
+            self.epochs
+        );
+        let finite_nonneg = |flag: &str, v: f64| -> anyhow::Result<()> {
+            ensure!(v.is_finite() && v >= 0.0, "{flag} must be a finite number >= 0, got {v}");
+            Ok(())
+        };
+        finite_nonneg("--lr", self.lr)?;
+        finite_nonneg("--min_lr", self.min_lr)?;
+        finite_nonneg("--weight_decay", self.weight_decay)?;
+        finite_nonneg("--weight_decay_end", self.weight_decay_end)?;
+        finite_nonneg("--clip_grad", self.clip_grad)?;
+        ensure!((0.0..=1.0).contains(&self.momentum_teacher), "--momentum_teacher must be in [0, 1], got {}", self.momentum_teacher);
+        for (flag, t) in [("--teacher_temp", self.teacher_temp), ("--warmup_teacher_temp", self.warmup_teacher_temp)] {
+            ensure!(t.is_finite() && t > 0.0, "{flag} must be a positive number, got {t}");
+        }
+        ensure!(self.out_dim > 0, "--out_dim must be at least 1");
+        ensure!(self.head_hidden_dim > 0 && self.head_bottleneck_dim > 0, "--head_hidden_dim and --head_bottleneck_dim must be at least 1");
+        ensure!(self.global_crops_size > 0 && self.local_crops_size > 0, "--global_crops_size and --local_crops_size must be at least 1");
+        ensure!(self.num_workers > 0, "--num_workers must be at least 1");
+        ensure!(self.eval_every <= self.epochs, "--eval_every {} exceeds --epochs {}", self.eval_every, self.epochs);
         let ok = |s: (f64, f64)| 0.0 < s.0 && s.0 <= s.1 && s.1 <= 1.0;
-        anyhow::ensure!(ok(self.global_crops_scale), "--global_crops_scale must satisfy 0 < min <= max <= 1");
-        anyhow::ensure!(ok(self.local_crops_scale), "--local_crops_scale must satisfy 0 < min <= max <= 1");
-        self.vit()?;
+        ensure!(ok(self.global_crops_scale), "--global_crops_scale must satisfy 0 < min <= max <= 1");
+        ensure!(ok(self.local_crops_scale), "--local_crops_scale must satisfy 0 < min <= max <= 1");
+        let (b0, b1) = self.blur_radius;
+        ensure!(b0.is_finite() && b1.is_finite() && 0.0 <= b0 && b0 <= b1 && b1 <= 64.0, "--blur_radius must satisfy 0 <= min <= max <= 64 (pixels)");
+        let vit = self.vit()?;
+        self.head(vit.embed_dim).validate().map_err(|e| anyhow::anyhow!("head: {e} (--out_dim, --head_hidden_dim, --head_bottleneck_dim)"))?;
         Ok(())
     }
 }

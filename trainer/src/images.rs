@@ -19,7 +19,20 @@ pub fn has_image_extension(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Every image file under `dir` (recursively), sorted for a stable order.
+/// The image files directly in `dir` (not in its subfolders), sorted.
+pub fn top_level_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("{}: cannot list: {e}", dir.display()))? {
+        let path = entry.map_err(|e| anyhow::anyhow!("{}: cannot list: {e}", dir.display()))?.path();
+        if path.is_file() && has_image_extension(&path) {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Every image file under `dir` (recursively, hidden folders skipped), sorted for a stable order.
 pub fn list_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -28,7 +41,9 @@ pub fn list_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         for entry in entries {
             let path = entry?.path();
             if path.is_dir() {
-                stack.push(path);
+                if !path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
+                    stack.push(path);
+                }
             } else if has_image_extension(&path) {
                 out.push(path);
             }

@@ -107,7 +107,9 @@ pub fn knn_classifier(
                 if order[0] == target {
                     correct[ki].0 += 1;
                 }
-                if order.iter().take(5.min(num_classes)).any(|&c| c == target) {
+                // Official eval_knn.py: the top min(5, k) predictions; a class without a vote is
+                // no prediction (with k < 5 at most k classes got one).
+                if order.iter().take(5.min(k)).any(|&c| c == target && votes[c] > 0.0) {
                     correct[ki].1 += 1;
                 }
             }
@@ -120,7 +122,27 @@ pub fn knn_classifier(
 }
 
 /// Extract both splits and classify; prints the official result lines.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
+    model: &VisionTransformer,
+    train: &Dataset,
+    val: &Dataset,
+    image_size: usize,
+    batch_size: usize,
+    ks: &[usize],
+    temperature: f64,
+    device: &Device,
+) -> anyhow::Result<Vec<(usize, f64, f64)>> {
+    let results = evaluate_quiet(model, train, val, image_size, batch_size, ks, temperature, device)?;
+    for (k, top1, top5) in &results {
+        println!("{k}-NN classifier result: Top1: {top1:.2}, Top5: {top5:.2}");
+    }
+    Ok(results)
+}
+
+/// [`evaluate`] without the result lines (evaluations during training).
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_quiet(
     model: &VisionTransformer,
     train: &Dataset,
     val: &Dataset,
@@ -138,9 +160,5 @@ pub fn evaluate(
     anyhow::ensure!(!tl.is_empty() && !vl.is_empty(), "no readable images for the k-NN evaluation");
     let classes = train.num_classes().max(val.num_classes());
     let dim = model.config().embed_dim;
-    let results = knn_classifier(&tf, &tl, &vf, &vl, dim, ks, temperature, classes, device);
-    for (k, top1, top5) in &results {
-        println!("{k}-NN classifier result: Top1: {top1:.2}, Top5: {top5:.2}");
-    }
-    Ok(results)
+    Ok(knn_classifier(&tf, &tl, &vf, &vl, dim, ks, temperature, classes, device))
 }

@@ -9,22 +9,28 @@ pub struct DinoLoss {
     pub center_momentum: f64,
     /// [1, out_dim], kept off the autodiff graph.
     pub center: Tensor<2>,
-    /// Teacher temperature per epoch.
-    pub teacher_temps: Vec<f64>,
 }
 
 impl DinoLoss {
-    pub fn new(out_dim: usize, teacher_temps: Vec<f64>, device: &Device) -> Self {
-        Self { student_temp: 0.1, center_momentum: 0.9, center: Tensor::zeros([1, out_dim], device), teacher_temps }
+    /// Official settings: student temperature 0.1, centre momentum 0.9, centre 0.
+    pub fn new(out_dim: usize, device: &Device) -> Self {
+        Self { student_temp: 0.1, center_momentum: 0.9, center: Tensor::zeros([1, out_dim], device) }
     }
 
     /// `student`: [ncrops * B, K] (crop-major), `teacher`: [2 * B, K] (plain tensor).
-    /// Returns the scalar loss; the centre is updated afterwards, as official.
-    pub fn forward(&mut self, student: Tensor<2>, teacher: Tensor<2>, ncrops: usize, epoch: usize) -> Tensor<1> {
+    /// Returns the scalar loss and, as a plain [1] tensor, the mean entropy (nats) of the
+    /// centred, sharpened teacher distribution: the paper's collapse diagnostic (Section 5.3,
+    /// Fig. 7; not in the official code). Since the loss is H(P_t, P_s) = H(P_t) + KL(P_t || P_s)
+    /// averaged over the same pairs, loss minus entropy is the KL divergence of that figure.
+    /// The centre is updated afterwards, as official.
+    /// `teacher_temp` is this step's value of the teacher temperature schedule.
+    pub fn forward(&mut self, student: Tensor<2>, teacher: Tensor<2>, ncrops: usize, teacher_temp: f64) -> (Tensor<1>, Tensor<1>) {
         let [n, k] = student.dims();
         let b = n / ncrops;
-        let temp = self.teacher_temps[epoch.min(self.teacher_temps.len() - 1)];
-        let q = softmax((teacher.clone() - self.center.clone()).div_scalar(temp), 1).reshape([2, b, k]);
+        let temp = teacher_temp;
+        let logits = (teacher.clone() - self.center.clone()).div_scalar(temp);
+        let entropy = (softmax(logits.clone(), 1) * log_softmax(logits.clone(), 1)).sum().neg().div_scalar((2 * b) as f64);
+        let q = softmax(logits, 1).reshape([2, b, k]);
         let logp = log_softmax(student.div_scalar(self.student_temp), 1).reshape([ncrops, b, k]);
         // Sum over every (teacher crop iq, student crop v != iq) pair of mean_b sum_k -q log p:
         // all pairs at once with q0 + q1 against every crop, minus the two diagonal pairs.
@@ -34,7 +40,7 @@ impl DinoLoss {
         let n_terms = (2 * ncrops - 2) as f64;
         let loss = (same_view - all_pairs).div_scalar(b as f64 * n_terms);
         self.update_center(teacher);
-        loss
+        (loss, entropy)
     }
 
     /// c <- m c + (1 - m) mean_batch(teacher).
@@ -67,9 +73,9 @@ mod tests {
         let student = t("student_output", &device).require_grad();
         let teacher = t("teacher_output", &plain);
         let temps = teacher_temp_schedule(0.04, 0.07, 3, 10);
-        let mut loss_fn = DinoLoss::new(32, temps, &plain);
+        let mut loss_fn = DinoLoss::new(32, &plain);
         loss_fn.center = t("center_in", &plain);
-        let loss = loss_fn.forward(student.clone(), teacher, 6, 1);
+        let (loss, _) = loss_fn.forward(student.clone(), teacher, 6, temps[1]); // epoch 1
         let grads = loss.backward();
         let value = loss.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()[0];
         let want = r["loss"].data[0];

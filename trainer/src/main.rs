@@ -18,6 +18,8 @@ mod plot;
 mod profile;
 mod schedule;
 mod step;
+mod train;
+mod fsutil;
 
 use clap::{Parser, Subcommand};
 
@@ -65,7 +67,7 @@ fn main() {
         eprintln!("error: {e}");
         // A run that stopped itself (non-finite loss) exits 1; bad input (one line naming the
         // file and the problem) exits 2.
-        let code = if e.downcast_ref::<commands::train::TrainingStopped>().is_some() { 1 } else { 2 };
+        let code = if e.downcast_ref::<train::TrainingStopped>().is_some() { 1 } else { 2 };
         std::process::exit(code);
     }
 }

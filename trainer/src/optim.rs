@@ -32,9 +32,14 @@ pub struct AdamW {
 }
 
 /// Settings of one optimisation step.
+#[derive(Debug, Clone, Copy)]
 pub struct Step {
     pub lr: f64,
     pub weight_decay: f64,
+    /// Teacher EMA momentum of this step.
+    pub momentum: f64,
+    /// Teacher temperature of this step.
+    pub teacher_temp: f64,
     pub clip_grad: f64,
     pub freeze_last_layer: bool,
 }
@@ -174,6 +179,8 @@ mod tests {
             let step = Step {
                 lr: r["lr"].data[s] as f64,
                 weight_decay: r["wd"].data[s] as f64,
+                momentum: 0.996,
+                teacher_temp: 0.04,
                 clip_grad: 3.0,
                 freeze_last_layer: false,
             };

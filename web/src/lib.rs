@@ -90,9 +90,10 @@ impl Engine {
         .to_string())
     }
 
-    /// Decode, preprocess (resize to height x width, crop to the patch grid) and run the model.
+    /// Decode, preprocess (the shorter side resized to `shorter_side` pixels, the aspect ratio
+    /// kept, as `dino attention --image_size S`; cropped to the patch grid) and run the model.
     /// Resolves to an [`Analysis`]; rejects with a readable message on a bad picture.
-    pub fn analyze(&self, model_name: String, image_bytes: Vec<u8>, height: usize, width: usize) -> js_sys::Promise {
+    pub fn analyze(&self, model_name: String, image_bytes: Vec<u8>, shorter_side: usize) -> js_sys::Promise {
         let state = self.state.clone();
         wasm_bindgen_futures::future_to_promise(async move {
             let (model, device) = {
@@ -104,16 +105,17 @@ impl Engine {
                     .ok_or_else(|| JsValue::from(JsError::new(&format!("no model named {model_name} is loaded"))))?;
                 (model, st.device.clone())
             };
-            let analysis = analyze(&model, &device, &image_bytes, height, width).await.map_err(|e| JsValue::from(JsError::new(&e)))?;
+            let analysis = analyze(&model, &device, &image_bytes, shorter_side).await.map_err(|e| JsValue::from(JsError::new(&e)))?;
             Ok(JsValue::from(analysis))
         })
     }
 }
 
-async fn analyze(model: &VisionTransformer, device: &Device, bytes: &[u8], height: usize, width: usize) -> Result<Analysis, String> {
+async fn analyze(model: &VisionTransformer, device: &Device, bytes: &[u8], shorter_side: usize) -> Result<Analysis, String> {
     let img = preprocess::decode_image(bytes)?;
     let patch = model.config().patch_size;
-    let input = preprocess::for_attention(&img, height, width, patch).map_err(|e| e.to_string())?;
+    let size = preprocess::ImageSize::from_values(&[shorter_side]).map_err(|e| e.to_string())?;
+    let input = preprocess::for_attention(&img, size, patch).map_err(|e| e.to_string())?;
     let start = now_ms();
     let (_, attn) = features_and_attention(model, &input, device);
     let [_, heads, _, _] = attn.dims();

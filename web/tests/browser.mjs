@@ -80,6 +80,11 @@ for (const [label, webgpu, query] of [['webgpu', true, ''], ['cpu', false, '']])
     const state = await page.evaluate(() => ({ ...window.dinoPage }));
     check(state.ready && !state.error, `${label}: page loads and runs the sample (${state.error || 'no error'})`);
     check(state.backend === label, `${label}: backend is ${state.backend}`);
+    check(state.gridH === 28 && state.gridW === 28, `${label}: the page opens on a held-out Fashion-MNIST picture (${state.gridH}x${state.gridW})`);
+    // A non-square photo keeps its aspect ratio: 320x213 at 28 patches (112 px) on the shorter
+    // side is 168x112 px, 42 x 28 patches of 4 (torchvision Resize(112)).
+    const wide = await analyzeFile(page, path.join(repo, 'tests/images/chelsea.jpg'));
+    check(wide.gridH === 28 && wide.gridW === 42, `${label}: chelsea.jpg keeps its aspect ratio (${wide.gridH}x${wide.gridW} patches)`);
     // The same picture as the native run, at the page's default grid (28 x 28 patches).
     const s = await analyzeFile(page, photo);
     const same = s.values && s.values.length === native.data.length;
@@ -114,6 +119,12 @@ for (const [label, webgpu, query] of [['webgpu', true, ''], ['cpu', false, '']])
     const again = await analyzeFile(page, photo);
     check(!again.error && again.values.length === native.data.length, `${label}: the page still works after the errors`);
     if (!webgpu) {
+      // A click on a held-out picture runs the model on it.
+      const before = await page.evaluate(() => window.dinoPage.runs);
+      await page.click('#samples button:nth-child(8)');
+      await page.waitForFunction((r) => window.dinoPage.runs > r, before, { timeout: 120000 });
+      const clicked = await page.evaluate(() => ({ ...window.dinoPage }));
+      check(!clicked.error && clicked.gridH === 28, `cpu: a click on a held-out picture analyses it (${clicked.error || 'ok'})`);
       // The same page on a phone-sized screen (the layout stacks into one column).
       await page.setViewportSize({ width: 390, height: 844 });
       await page.screenshot({ path: path.join(shots, 'page-phone.png'), fullPage: true });

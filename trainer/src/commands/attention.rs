@@ -22,14 +22,18 @@ pub struct AttentionArgs {
     pub image: PathBuf,
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Resize to H W before cropping to a multiple of the patch (one value: square).
-    #[arg(long, num_args = 1..=2, default_values_t = [480])]
+    /// Pixels: one value resizes the shorter side to it (aspect kept, torchvision `Resize(S)`),
+    /// two values resize to exactly H W; then cropped to a multiple of the patch. Official
+    /// default: 480 480.
+    #[arg(long, num_args = 1..=2, default_values_t = [480, 480])]
     pub image_size: Vec<usize>,
     /// Keep the smallest set of patches holding this share of each head's attention.
     #[arg(long, default_value_t = 0.6)]
     pub threshold: f32,
+    /// Where the pictures and attention.npy go.
     #[arg(long, default_value = ".")]
     pub output_dir: PathBuf,
+    /// Where the model runs.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
 }
@@ -37,10 +41,10 @@ pub struct AttentionArgs {
 pub fn run(args: &AttentionArgs) -> anyhow::Result<()> {
     let device = device::select(args.device);
     let model = args.model.backbone(&device)?;
-    let (h, w) = image_size(&args.image_size)?;
+    let size = image_size(&args.image_size)?;
     anyhow::ensure!((0.0..=1.0).contains(&args.threshold), "--threshold must be in [0, 1], got {}", args.threshold);
     let img = open_image(&args.image)?;
-    let input = preprocess::for_attention(&img, h, w, model.config().patch_size)
+    let input = preprocess::for_attention(&img, size, model.config().patch_size)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.image.display()))?;
     let (_, attn) = features_and_attention(&model, &input, &device);
     let maps = maps_from(attn, &model, &input);

@@ -9,7 +9,6 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
 use dino_shared::{VisionTransformer, VitConfig};
 use rand::rngs::StdRng;
@@ -17,13 +16,12 @@ use rand::SeedableRng;
 use serde_json::json;
 
 use crate::augment::multi_crop;
-use crate::checkpoint::TrainState;
 use crate::config::Preset;
 use crate::data::{Dataset, Split};
 use crate::device::{self, DeviceChoice};
 use crate::loss::DinoLoss;
-use crate::model::Dino;
-use crate::optim::{AdamW, Step};
+use crate::optim::Step;
+use crate::train::TrainState;
 use crate::profile::Phases;
 use crate::step::{train_step, Crops};
 
@@ -131,19 +129,21 @@ fn step(a: &StepArgs) -> anyhow::Result<serde_json::Value> {
     cfg.validate()?;
     let device = device::select(a.device);
     let ad = device.clone().autodiff();
-    device.seed(0);
-    ad.seed(0);
-    let vit = cfg.vit()?;
-    let head = cfg.head(vit.embed_dim);
-    let student = Dino::new(&vit, &head, &ad);
-    let teacher = student.valid();
-    let mut state =
-        TrainState { epoch: 0, student, teacher, optimizer: AdamW::default(), center: Tensor::zeros([1, cfg.out_dim], &device) };
-    let mut loss_fn = DinoLoss::new(cfg.out_dim, vec![cfg.teacher_temp], &device);
+    cfg.seed = 0;
+    let mut state = TrainState::new(&cfg, &device)?;
+    let vit = state.student.backbone.config().clone();
+    let mut loss_fn = DinoLoss::new(cfg.out_dim, &device);
     let (b, g, l, n) = (cfg.batch_size_per_gpu, cfg.global_crops_size, cfg.local_crops_size, cfg.local_crops_number);
     let globals: Tensor<4> = Tensor::random([2 * b, 3, g, g], Distribution::Normal(0.0, 1.0), &ad);
     let locals: Option<Tensor<4>> = (n > 0).then(|| Tensor::random([n * b, 3, l, l], Distribution::Normal(0.0, 1.0), &ad));
-    let step = Step { lr: 1e-4, weight_decay: 0.04, clip_grad: cfg.clip_grad, freeze_last_layer: false };
+    let step = Step {
+        lr: 1e-4,
+        weight_decay: 0.04,
+        momentum: cfg.momentum_teacher,
+        teacher_temp: cfg.teacher_temp,
+        clip_grad: cfg.clip_grad,
+        freeze_last_layer: false,
+    };
     let mut phases = Phases::new(a.profile, &ad);
     let mut off = Phases::new(false, &ad);
     let mut start = Instant::now();
@@ -154,7 +154,7 @@ fn step(a: &StepArgs) -> anyhow::Result<serde_json::Value> {
         }
         let crops = Crops { globals: globals.clone(), locals: locals.clone(), ncrops: 2 + n };
         let p = if i >= a.warmup { &mut phases } else { &mut off };
-        let (s, loss) = train_step(state, &mut loss_fn, crops, 0, &step, cfg.momentum_teacher, p);
+        let (s, loss) = train_step(state, &mut loss_fn, crops, &step, p);
         state = s;
         loss.map_err(|v| anyhow::anyhow!("non-finite loss {v} in the benchmark"))?;
     }

@@ -8,7 +8,7 @@ use dino_shared::preprocess::{self, ModelInput};
 
 use super::ModelArgs;
 use crate::device::{self, DeviceChoice};
-use crate::images::{list_images, open_image};
+use crate::images::open_image;
 use crate::npy::write_npy;
 
 #[derive(clap::Args, Debug)]
@@ -17,32 +17,39 @@ pub struct EmbedArgs {
     /// One picture.
     #[arg(long, conflicts_with = "data_path", required_unless_present = "data_path")]
     pub image: Option<PathBuf>,
-    /// A folder of pictures (searched recursively; rows sorted by path).
+    /// A folder of pictures (a flat folder, or class folders as `dino knn` reads them; hidden
+    /// folders skipped; rows in class order, then by path).
     #[arg(long)]
     pub data_path: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Side of the center crop the model sees.
-    #[arg(long, default_value_t = 224)]
-    pub image_size: usize,
+    /// Side of the center crop the model sees, in pixels (default: the size the model was
+    /// trained at, as `dino knn` and `dino linear`).
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    /// Pictures per forward pass.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     /// Output .npy (float32, images x dim); the image paths go to the same name with .txt.
     #[arg(long)]
     pub output: PathBuf,
+    /// Where the model runs.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
 }
 
 pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
+    super::positive("--batch_size", args.batch_size)?;
     let files = match (&args.image, &args.data_path) {
         (Some(img), _) => vec![img.clone()],
-        (None, Some(dir)) => list_images(dir)?,
-        (None, None) => unreachable!("clap requires one"),
+        // The pictures of the class folders (or of a flat folder), as train, knn and linear read them.
+        (None, Some(dir)) => crate::data::Dataset::class_folders(dir)?.files(),
+        (None, None) => anyhow::bail!("give --image or --data_path"),
     };
     anyhow::ensure!(!files.is_empty(), "no images found");
     let device = device::select(args.device);
     let model = args.model.backbone(&device)?;
+    let image_size = args.model.eval_size(args.image_size, &model)?;
     let patch = model.config().patch_size;
     let dim = model.config().embed_dim;
     let mut rows: Vec<f32> = Vec::new();
@@ -52,7 +59,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         let mut inputs: Vec<ModelInput> = Vec::new();
         for path in chunk {
             let decoded = open_image(path).and_then(|img| {
-                preprocess::for_evaluation(&img, args.image_size, patch).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+                preprocess::for_evaluation(&img, image_size, patch).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
             });
             match decoded {
                 Ok(x) => {

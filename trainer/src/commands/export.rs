@@ -7,7 +7,7 @@ use burn::tensor::Device;
 use dino_shared::weights::{export_safetensors, ExportDType};
 
 use super::ModelArgs;
-use crate::checkpoint::write_atomically;
+use crate::fsutil::write_atomically;
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
 pub enum Precision {

@@ -9,8 +9,6 @@
 //! training picture are computed up front and each epoch draws one of them per picture
 //! (official: a fresh view every epoch). Validation: resize 256/224 + center crop, as official.
 
-use std::path::PathBuf;
-
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use dino_shared::inference::batch_tensor;
@@ -20,9 +18,9 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 
-use super::ModelArgs;
+use super::{positive, positive_f64, ModelArgs, SplitArgs};
 use crate::augment::{hflip, random_resized_crop_box, resized_crop};
-use crate::data::{Dataset, Split};
+use crate::data::Dataset;
 use crate::device::{self, DeviceChoice};
 use crate::loader::mix;
 
@@ -31,26 +29,33 @@ use crate::loader::mix;
 pub struct LinearArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Root with both splits (IDX folder, Tiny-ImageNet, or train/ + val/ folders).
-    #[arg(long)]
-    pub data_path: PathBuf,
+    #[command(flatten)]
+    pub splits: SplitArgs,
+    /// Concatenate the CLS tokens of this many last blocks (official: 4 for ViT-S, 1 for ViT-B).
     #[arg(long, default_value_t = 4)]
     pub n_last_blocks: usize,
+    /// Also concatenate the mean patch token of the last block (official: on for ViT-B).
     #[arg(long)]
     pub avgpool_patchtokens: bool,
+    /// Passes over the training pictures.
     #[arg(long, default_value_t = 100)]
     pub epochs: usize,
+    /// Base learning rate of SGD, scaled by batch / 256 (official 0.001).
     #[arg(long, default_value_t = 0.001)]
     pub lr: f64,
+    /// Pictures per batch.
     #[arg(long, default_value_t = 128)]
     pub batch_size_per_gpu: usize,
     /// Augmented views per training picture computed once (see the module docs).
     #[arg(long, default_value_t = 4)]
     pub cache_views: usize,
+    /// Crop side in pixels (default: the size the model was trained at).
     #[arg(long)]
     pub image_size: Option<usize>,
+    /// Seed of the views, the classifier's initialisation and the batch order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Where the model runs.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
 }
@@ -180,11 +185,20 @@ pub fn train_probe(
 }
 
 pub fn run(args: &LinearArgs) -> anyhow::Result<f64> {
-    let train = Dataset::open(&args.data_path, Split::Train)?;
-    let val = Dataset::open(&args.data_path, Split::Val)?;
+    positive("--epochs", args.epochs)?;
+    positive("--batch_size_per_gpu", args.batch_size_per_gpu)?;
+    positive("--cache_views", args.cache_views)?;
+    positive_f64("--lr", args.lr)?;
+    let (train, val) = args.splits.open()?;
     let device = device::select(args.device);
     let model = args.model.backbone(&device)?;
-    let size = args.image_size.unwrap_or(model.config().img_size);
+    let depth = model.config().depth;
+    anyhow::ensure!(
+        (1..=depth).contains(&args.n_last_blocks),
+        "--n_last_blocks must be between 1 and the model's depth {depth}, got {}",
+        args.n_last_blocks
+    );
+    let size = args.model.eval_size(args.image_size, &model)?;
     let dim = model.config().embed_dim * (args.n_last_blocks + args.avgpool_patchtokens as usize);
     eprintln!("linear probe: {} train x {} views / {} val pictures, {dim} features", train.len(), args.cache_views, val.len());
     let mut views = Vec::new();
@@ -195,6 +209,7 @@ pub fn run(args: &LinearArgs) -> anyhow::Result<f64> {
         train_labels = l;
     }
     let (vf, vl) = extract(&model, &val, size, None, args, &device)?;
+    anyhow::ensure!(!train_labels.is_empty() && !vl.is_empty(), "no readable images for the linear probe");
     let classes = train.num_classes().max(val.num_classes());
     let top1 = train_probe(&views, &train_labels, &vf, &vl, dim, classes, args, &device);
     println!("Linear probe: Top1: {top1:.2} ({} epochs, {} views)", args.epochs, args.cache_views);

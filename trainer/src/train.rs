@@ -1,0 +1,498 @@
+//! The DINO training run (official `main_dino.py`: `train_dino` and `train_one_epoch`): the
+//! state, the schedules, one epoch, the whole run with checkpoints, logs, collapse diagnostics,
+//! k-NN evaluations and the curves. `commands/train.rs` only parses flags and calls [`train`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::checkpoint::{load_checkpoint, save_checkpoint};
+use crate::config::TrainConfig;
+use crate::data::{Dataset, Split};
+use crate::device;
+use crate::fsutil::write_atomically;
+use crate::loader::{mix, Batch, Loader};
+use crate::loss::DinoLoss;
+use crate::model::Dino;
+use crate::optim::{AdamW, Step};
+use crate::plot::{training_curves, TrainingCurves};
+use crate::profile::Phases;
+use crate::schedule::{cosine_scheduler, teacher_temp_schedule};
+use crate::step::{train_step, Crops};
+
+/// The k of the k-NN evaluations during and after training (official eval_knn: 10, 20).
+pub const KNN_KS: [usize; 2] = [10, 20];
+/// The vote temperature of those evaluations (official 0.07).
+pub const KNN_TEMPERATURE: f64 = 0.07;
+
+/// The labelled Fashion-MNIST subset committed with the repository (MIT licence, see its README):
+/// what `dino train` uses when no `--data_path` is given.
+pub fn embedded_data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist-mini")
+}
+
+/// A training run that cannot go on (e.g. a non-finite loss); the process exits with 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TrainingStopped(pub String);
+
+/// Everything needed to continue training exactly where it stopped.
+pub struct TrainState {
+    /// The next epoch to run.
+    pub epoch: usize,
+    pub student: Dino,
+    pub teacher: Dino,
+    pub optimizer: AdamW,
+    /// The DINO loss centre, [1, out_dim].
+    pub center: Tensor<2>,
+}
+
+impl TrainState {
+    /// A fresh run: the student initialised from `cfg.seed`, the teacher equal to it (official:
+    /// `teacher_without_ddp.load_state_dict(student.module.state_dict())`), centre 0.
+    pub fn new(cfg: &TrainConfig, device: &Device) -> anyhow::Result<Self> {
+        let ad = device.clone().autodiff();
+        device.seed(cfg.seed);
+        ad.seed(cfg.seed);
+        let vit = cfg.vit()?;
+        let student = Dino::new(&vit, &cfg.head(vit.embed_dim), &ad);
+        // Plain tensors: the teacher never gets a gradient.
+        let teacher = student.valid();
+        Ok(Self { epoch: 0, student, teacher, optimizer: AdamW::default(), center: Tensor::zeros([1, cfg.out_dim], device) })
+    }
+}
+
+/// The per-iteration schedules of `train_dino`: learning rate (scaled by batch / 256, linear
+/// warm-up then cosine), weight decay (cosine), teacher momentum (cosine to 1) and teacher
+/// temperature (linear warm-up per epoch, official `DINOLoss.teacher_temp_schedule`).
+pub struct Schedules {
+    pub lr: Vec<f64>,
+    pub weight_decay: Vec<f64>,
+    pub momentum: Vec<f64>,
+    /// One value per iteration (the official schedule is per epoch; repeated over its iterations).
+    pub teacher_temp: Vec<f64>,
+    pub iters_per_epoch: usize,
+}
+
+impl Schedules {
+    pub fn new(cfg: &TrainConfig, iters_per_epoch: usize) -> Self {
+        let (e, n) = (cfg.epochs, iters_per_epoch);
+        let base_lr = cfg.lr * cfg.batch_size_per_gpu as f64 / 256.0;
+        let temps = teacher_temp_schedule(cfg.warmup_teacher_temp, cfg.teacher_temp, cfg.warmup_teacher_temp_epochs, e);
+        Self {
+            lr: cosine_scheduler(base_lr, cfg.min_lr, e, n, cfg.warmup_epochs, 0.0),
+            weight_decay: cosine_scheduler(cfg.weight_decay, cfg.weight_decay_end, e, n, 0, 0.0),
+            momentum: cosine_scheduler(cfg.momentum_teacher, 1.0, e, n, 0, 0.0),
+            teacher_temp: temps.iter().take(e).flat_map(|&t| std::iter::repeat_n(t, n)).collect(),
+            iters_per_epoch: n,
+        }
+    }
+
+    /// The values of global iteration `it` (epoch * iters_per_epoch + iteration in the epoch).
+    pub fn at(&self, it: usize, cfg: &TrainConfig) -> Step {
+        let last = |v: &[f64]| v.get(it).or(v.last()).copied().unwrap_or(0.0);
+        Step {
+            lr: last(&self.lr),
+            weight_decay: last(&self.weight_decay),
+            momentum: last(&self.momentum),
+            teacher_temp: last(&self.teacher_temp),
+            clip_grad: cfg.clip_grad,
+            freeze_last_layer: it / self.iters_per_epoch.max(1) < cfg.freeze_last_layer,
+        }
+    }
+}
+
+/// Per-epoch record written to log.txt (official keys train_loss / train_lr / train_wd / epoch,
+/// plus the collapse diagnostics and any k-NN evaluation).
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
+pub struct EpochLog {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_lr: f64,
+    pub train_wd: f64,
+    pub momentum: f64,
+    #[serde(default)]
+    pub teacher_temp: f64,
+    /// Mean entropy of the centred, sharpened teacher output (nats; ln(out_dim) = uniform).
+    #[serde(default)]
+    pub teacher_entropy: f64,
+    /// Mean KL(teacher || student) = loss - teacher entropy (nats; 0 = collapsed).
+    #[serde(default)]
+    pub kl: f64,
+    /// k-NN top-1 (%) of the teacher on the validation split after this epoch (`--eval_every`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knn_top1: Option<Vec<(usize, f64)>>,
+    pub images_per_s: f64,
+    pub seconds: f64,
+    pub skipped_files: usize,
+    /// Loss of every iteration (for the curve and for resume checks).
+    pub iter_losses: Vec<f64>,
+}
+
+/// What a finished run hands back: the teacher and the k-NN of its initial state (the floor).
+pub struct TrainOutcome {
+    pub teacher: Dino,
+    pub device: Device,
+    /// k-NN top-1 (%) per k of the teacher before any step, when a validation split exists.
+    pub floor: Option<Vec<(usize, f64)>>,
+    /// (k, top-1, top-5) of the final teacher when the last epoch was evaluated (`--eval_every`).
+    pub final_knn: Option<Vec<(usize, f64, f64)>>,
+    /// The validation data, when the run has some and evaluates.
+    pub evaluator: Option<Evaluator>,
+}
+
+fn batch_tensors(batch: Batch, cfg: &TrainConfig, device: &Device) -> (Tensor<4>, Option<Tensor<4>>) {
+    let b = batch.images;
+    let (g, l) = (cfg.global_crops_size, cfg.local_crops_size);
+    let globals = Tensor::from_data(TensorData::new(batch.globals, [2 * b, 3, g, g]), device);
+    let locals = (cfg.local_crops_number > 0)
+        .then(|| Tensor::from_data(TensorData::new(batch.locals, [cfg.local_crops_number * b, 3, l, l]), device));
+    (globals, locals)
+}
+
+fn read_log(path: &Path) -> Vec<EpochLog> {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        .unwrap_or_default()
+}
+
+/// The held-out split of the training data, for k-NN during and after training; `None` (with
+/// one line saying so) when the data has none: the training pictures are never scored against
+/// themselves.
+pub struct Evaluator {
+    pub train: Dataset,
+    pub val: Dataset,
+    pub image_size: usize,
+}
+
+impl Evaluator {
+    pub fn open(cfg: &TrainConfig) -> anyhow::Result<Option<Self>> {
+        let root = cfg.data_path.clone().unwrap_or_else(embedded_data);
+        let val = match Dataset::open(&root, Split::Val) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("no validation split, evaluation skipped ({e})");
+                return Ok(None);
+            }
+        };
+        let train = Dataset::open(&root, Split::Train)?;
+        let val = val.align_classes_to(&train)?;
+        Ok(Some(Self { train, val, image_size: cfg.global_crops_size }))
+    }
+
+    /// (k, top-1 %, top-5 %) of `model`'s CLS features (official weighted k-NN, quiet).
+    pub fn knn(&self, model: &dino_shared::VisionTransformer, device: &Device) -> anyhow::Result<Vec<(usize, f64, f64)>> {
+        crate::knn::evaluate_quiet(model, &self.train, &self.val, self.image_size, 256, &KNN_KS, KNN_TEMPERATURE, device)
+    }
+}
+
+/// The (k, top-1) pairs of k-NN results.
+pub fn top1s(r: &[(usize, f64, f64)]) -> Vec<(usize, f64)> {
+    r.iter().map(|(k, t1, _)| (*k, *t1)).collect()
+}
+
+fn top1_at(results: &[(usize, f64)], k: usize) -> Option<f64> {
+    results.iter().find(|(kk, _)| *kk == k).map(|(_, v)| *v)
+}
+
+/// One line when the teacher's outputs collapse (paper Section 5.3): both collapses drive the
+/// KL divergence to 0; the entropy tells which one.
+pub fn collapse_warning(entropy: f64, kl: f64, out_dim: usize) -> Option<String> {
+    let max = (out_dim as f64).ln();
+    if entropy >= 0.9 * max {
+        Some(format!(
+            "warning: teacher outputs are near uniform (entropy {entropy:.2} of ln(out_dim) = {max:.2}, KL {kl:.3}): \
+             the centring dominates; a lower --teacher_temp / --warmup_teacher_temp, a larger --lr, a lower \
+             --momentum_teacher, a smaller --out_dim or more iterations help"
+        ))
+    } else if entropy <= 0.05 * max && kl <= 0.05 * max {
+        Some(format!(
+            "warning: teacher outputs are near one-hot (entropy {entropy:.2}, KL {kl:.3}): one dimension dominates; \
+             a higher --teacher_temp, a lower --lr or a larger --out_dim help"
+        ))
+    } else {
+        None
+    }
+}
+
+/// One pass over the data: the body of official `train_one_epoch`.
+#[allow(clippy::too_many_arguments)]
+fn train_one_epoch(
+    mut state: TrainState,
+    loss_fn: &mut DinoLoss,
+    dataset: &Arc<Dataset>,
+    cfg: &TrainConfig,
+    schedules: &Schedules,
+    epoch: usize,
+    iterations_done: &mut usize,
+    ckpt_path: &Path,
+    ad: &Device,
+) -> anyhow::Result<(TrainState, Option<EpochLog>)> {
+    // Drop-path masks and any other device randomness restart from (seed, epoch): an
+    // interrupted and resumed run repeats the uninterrupted one exactly.
+    ad.seed(mix(cfg.seed, epoch as u64, 1));
+    let loader = Loader::start(dataset.clone(), &cfg.multicrop(), cfg.batch_size_per_gpu, cfg.seed, epoch, cfg.num_workers, 2);
+    let bar = ProgressBar::new(loader.len() as u64);
+    if let Ok(style) = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
+    let start = Instant::now();
+    let (mut losses, mut entropies, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
+    let mut images = 0usize;
+    let mut last = schedules.at(epoch * schedules.iters_per_epoch, cfg);
+    let mut phases = Phases::new(cfg.profile, ad);
+    let ncrops = 2 + cfg.local_crops_number;
+    let mut loader = loader.enumerate();
+    while let Some((it, batch)) = phases.time("data (waiting for the loader)", || loader.next()) {
+        if cfg.max_iters > 0 && *iterations_done >= cfg.max_iters {
+            break;
+        }
+        let step = schedules.at(epoch * schedules.iters_per_epoch + it, cfg);
+        skipped.extend(batch.skipped.iter().cloned());
+        let batch_images = batch.images;
+        if batch_images == 0 {
+            continue;
+        }
+        let (globals, locals) = phases.time("upload", || batch_tensors(batch, cfg, ad));
+        let crops = Crops { globals, locals, ncrops };
+        let values = match train_step(state, loss_fn, crops, &step, &mut phases) {
+            (s, Ok(v)) => {
+                state = s;
+                v
+            }
+            (_, Err(value)) => {
+                bar.abandon();
+                return Err(TrainingStopped(format!(
+                    "loss is {value} at epoch {epoch} iteration {it}: stopping training; the last good checkpoint is {}",
+                    if ckpt_path.exists() { ckpt_path.display().to_string() } else { "none (first epoch)".into() }
+                ))
+                .into());
+            }
+        };
+        losses.push(values.loss);
+        entropies.push(values.teacher_entropy);
+        images += batch_images;
+        *iterations_done += 1;
+        last = step;
+        let secs = start.elapsed().as_secs_f64();
+        bar.set_message(format!("loss {:.4} lr {:.2e} {:.1} img/s", values.loss, step.lr, images as f64 / secs));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    phases.report("the epoch");
+    if losses.is_empty() {
+        return Ok((state, None));
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    if !skipped.is_empty() {
+        let shown: Vec<&str> = skipped.iter().take(5).map(String::as_str).collect();
+        eprintln!("warning: skipped {} unreadable file(s) this epoch: {}", skipped.len(), shown.join("; "));
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (train_loss, teacher_entropy) = (mean(&losses), mean(&entropies));
+    Ok((
+        state,
+        Some(EpochLog {
+            epoch,
+            train_loss,
+            train_lr: last.lr,
+            train_wd: last.weight_decay,
+            momentum: last.momentum,
+            teacher_temp: last.teacher_temp,
+            teacher_entropy,
+            kl: train_loss - teacher_entropy,
+            knn_top1: None,
+            images_per_s: images as f64 / seconds,
+            seconds,
+            skipped_files: skipped.len(),
+            iter_losses: losses,
+        }),
+    ))
+}
+
+/// The whole run (official `train_dino`): resume from `output_dir` when it holds a checkpoint,
+/// train every remaining epoch, and after each write the checkpoint (atomically), log.txt and
+/// loss.png; k-NN of the initial teacher (the floor) and every `--eval_every` epochs when the
+/// data has a validation split.
+///
+/// # Errors
+/// Unreadable data or output folder, a checkpoint of another configuration, a non-finite loss
+/// ([`TrainingStopped`]).
+pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
+    let data_path = cfg.data_path.clone().unwrap_or_else(embedded_data);
+    let dataset = Arc::new(Dataset::open(&data_path, Split::Train)?);
+    let bs = cfg.batch_size_per_gpu;
+    anyhow::ensure!(
+        dataset.len() >= bs,
+        "{}: {} images, fewer than one batch of --batch_size_per_gpu {bs}",
+        data_path.display(),
+        dataset.len()
+    );
+    dataset.ensure_readable(&data_path)?;
+    let device = device::select(cfg.device);
+    std::fs::create_dir_all(&cfg.output_dir).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", cfg.output_dir.display()))?;
+    let ckpt_path = cfg.output_dir.join("checkpoint.safetensors");
+    let log_path = cfg.output_dir.join("log.txt");
+    let floor_path = cfg.output_dir.join("knn_init.json");
+
+    let mut state = if ckpt_path.exists() {
+        let s = load_checkpoint(&ckpt_path, cfg, &device)?;
+        eprintln!("resuming from {} at epoch {}", ckpt_path.display(), s.epoch);
+        s
+    } else {
+        TrainState::new(cfg, &device)?
+    };
+    let evaluator = if cfg.skip_eval { None } else { Evaluator::open(cfg)? };
+    // The floor: the initial teacher's k-NN, measured once per run (kept across resumes).
+    let floor: Option<Vec<(usize, f64)>> = match &evaluator {
+        Some(ev) => match std::fs::read_to_string(&floor_path).ok().and_then(|t| serde_json::from_str(&t).ok()) {
+            Some(f) => Some(f),
+            None if state.epoch == 0 => {
+                let f = top1s(&ev.knn(&state.teacher.backbone, &device)?);
+                write_atomically(&floor_path, serde_json::to_string(&f)?.as_bytes())?;
+                eprintln!("k-NN of the initial teacher (the floor): {}", format_knn(&f));
+                Some(f)
+            }
+            None => None,
+        },
+        None => None,
+    };
+    let mut logs: Vec<EpochLog> = read_log(&log_path).into_iter().filter(|l| l.epoch < state.epoch).collect();
+
+    let niter = dataset.len() / bs;
+    let schedules = Schedules::new(cfg, niter);
+    let mut loss_fn = DinoLoss::new(cfg.out_dim, &device);
+    loss_fn.center = state.center.clone();
+    let vit = state.student.backbone.config().clone();
+    eprintln!(
+        "training {} ({} params) on {} images of {}: {} epochs x {niter} iterations, batch {bs}, {} crops",
+        vit.arch_name(),
+        state.student.num_params(),
+        dataset.len(),
+        data_path.display(),
+        cfg.epochs,
+        2 + cfg.local_crops_number
+    );
+
+    let ad = device.clone().autodiff();
+    let mut iterations_done = state.epoch * niter;
+    let mut final_knn = None;
+    for epoch in state.epoch..cfg.epochs {
+        let (s, log) = train_one_epoch(state, &mut loss_fn, &dataset, cfg, &schedules, epoch, &mut iterations_done, &ckpt_path, &ad)?;
+        state = s;
+        let Some(mut log) = log else { break };
+        let last_epoch = epoch + 1 == cfg.epochs || (cfg.max_iters > 0 && iterations_done >= cfg.max_iters);
+        if let Some(ev) = &evaluator {
+            if cfg.eval_every > 0 && ((epoch + 1) % cfg.eval_every == 0 || last_epoch) {
+                let r = ev.knn(&state.teacher.backbone, &device)?;
+                eprintln!("epoch {}/{}: k-NN {}", epoch + 1, cfg.epochs, format_knn(&top1s(&r)));
+                log.knn_top1 = Some(top1s(&r));
+                final_knn = last_epoch.then_some(r);
+            }
+        }
+        eprintln!(
+            "epoch {}/{}: loss {:.4}, teacher entropy {:.3} (ln out_dim {:.3}), KL {:.3}, lr {:.2e}, wd {:.3}, momentum {:.4}, {:.1} images/s, {:.1} s",
+            epoch + 1,
+            cfg.epochs,
+            log.train_loss,
+            log.teacher_entropy,
+            (cfg.out_dim as f64).ln(),
+            log.kl,
+            log.train_lr,
+            log.train_wd,
+            log.momentum,
+            log.images_per_s,
+            log.seconds
+        );
+        if let Some(w) = collapse_warning(log.teacher_entropy, log.kl, cfg.out_dim) {
+            eprintln!("{w}");
+        }
+        logs.push(log);
+        state.epoch = epoch + 1;
+        state.center = loss_fn.center.clone();
+        save_checkpoint(&ckpt_path, &state, cfg)?;
+        if cfg.saveckp_freq > 0 && (epoch + 1) % cfg.saveckp_freq == 0 {
+            let copy = cfg.output_dir.join(format!("checkpoint{:04}.safetensors", epoch + 1));
+            let bytes = std::fs::read(&ckpt_path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", ckpt_path.display()))?;
+            write_atomically(&copy, &bytes)?;
+        }
+        let mut lines = String::new();
+        for l in &logs {
+            lines.push_str(&serde_json::to_string(l)?);
+            lines.push('\n');
+        }
+        write_atomically(&log_path, lines.as_bytes())?;
+        write_curves(&cfg.output_dir.join("loss.png"), &logs, &schedules, floor.as_deref(), cfg)?;
+        if cfg.max_iters > 0 && iterations_done >= cfg.max_iters {
+            break;
+        }
+    }
+    Ok(TrainOutcome { teacher: state.teacher, device, floor, final_knn, evaluator })
+}
+
+/// "10-NN 48.70, 20-NN 47.00".
+pub fn format_knn(r: &[(usize, f64)]) -> String {
+    r.iter().map(|(k, v)| format!("{k}-NN {v:.2}")).collect::<Vec<_>>().join(", ")
+}
+
+fn write_curves(
+    path: &Path,
+    logs: &[EpochLog],
+    schedules: &Schedules,
+    floor: Option<&[(usize, f64)]>,
+    cfg: &TrainConfig,
+) -> anyhow::Result<()> {
+    let k = KNN_KS[1];
+    let mut knn: Vec<(f64, f64)> = floor.and_then(|f| top1_at(f, k)).map(|v| vec![(0.0, v)]).unwrap_or_default();
+    knn.extend(logs.iter().filter_map(|l| Some(((l.epoch + 1) as f64, top1_at(l.knn_top1.as_deref()?, k)?))));
+    let iter_losses: Vec<f64> = logs.iter().flat_map(|l| l.iter_losses.iter().cloned()).collect();
+    let col = |f: fn(&EpochLog) -> f64| logs.iter().map(f).collect::<Vec<f64>>();
+    let img = training_curves(&TrainingCurves {
+        iter_losses: &iter_losses,
+        iters_per_epoch: schedules.iters_per_epoch,
+        epoch_losses: &col(|l| l.train_loss),
+        epoch_entropy: &col(|l| l.teacher_entropy),
+        epoch_kl: &col(|l| l.kl),
+        max_entropy: (cfg.out_dim as f64).ln(),
+        knn: &knn,
+        knn_k: k,
+        lr: &schedules.lr,
+        teacher_temp: &schedules.teacher_temp,
+        momentum: &schedules.momentum,
+    })?;
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| anyhow::anyhow!("{}: cannot encode: {e}", path.display()))?;
+    write_atomically(path, &png)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collapse_warnings_name_the_kind() {
+        let k = 1024;
+        assert!(collapse_warning(6.8, 0.01, k).unwrap().contains("uniform"));
+        assert!(collapse_warning(0.05, 0.01, k).unwrap().contains("one-hot"));
+        assert!(collapse_warning(3.0, 1.0, k).is_none());
+    }
+
+    #[test]
+    fn schedules_follow_the_official_ones() {
+        let cfg = crate::config::Preset::Small.config();
+        let s = Schedules::new(&cfg, 10);
+        assert_eq!(s.lr.len(), cfg.epochs * 10);
+        assert_eq!(s.teacher_temp.len(), cfg.epochs * 10);
+        let first = s.at(0, &cfg);
+        assert_eq!(first.lr, 0.0); // linear warm-up from 0
+        assert_eq!(first.momentum, cfg.momentum_teacher);
+        assert!(first.freeze_last_layer == (cfg.freeze_last_layer > 0));
+        assert_eq!(s.at(10 * cfg.epochs - 1, &cfg).freeze_last_layer, false);
+    }
+}
