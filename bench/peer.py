@@ -200,8 +200,30 @@ class IdxDataset(torch.utils.data.Dataset):
 
 # ---------------------------------------------------------------------------------------------
 
+# `dino train --print_config` keys -> the keys above (the same settings under the peer's names).
+DINO_KEYS = {"global_crops_size": "global_size", "local_crops_size": "local_size", "patch_size": "patch",
+             "embed_dim": "embed_dim", "depth": "depth", "num_heads": "heads", "out_dim": "out_dim",
+             "head_hidden_dim": "hidden", "head_bottleneck_dim": "bottleneck", "norm_last_layer": "norm_last_layer",
+             "drop_path_rate": "drop_path", "local_crops_number": "local_crops", "batch_size_per_gpu": "batch",
+             "momentum_teacher": "momentum", "lr": "lr", "warmup_epochs": "warmup_epochs",
+             "weight_decay": "weight_decay", "weight_decay_end": "weight_decay_end", "clip_grad": "clip_grad",
+             "freeze_last_layer": "freeze_last_layer", "min_lr": "min_lr", "warmup_teacher_temp": "warmup_teacher_temp",
+             "teacher_temp": "teacher_temp", "warmup_teacher_temp_epochs": "warmup_teacher_temp_epochs",
+             "global_crops_scale": "global_crops_scale", "local_crops_scale": "local_crops_scale",
+             "blur_radius": "blur_radius"}
+
+
 def config(args):
     cfg = dict(PRESETS[args.preset], **COMMON)
+    if getattr(args, "dino_config", None):
+        with open(args.dino_config) as f:
+            dino = json.load(f)
+        if dino["arch"] != "custom":
+            cfg["embed_dim"], cfg["depth"], cfg["heads"] = ARCHS[dino["arch"]]
+        for ours, peer in DINO_KEYS.items():
+            if ours in dino and not (ours in ("embed_dim", "depth", "num_heads") and dino["arch"] != "custom"):
+                cfg[peer] = tuple(dino[ours]) if isinstance(dino[ours], list) else dino[ours]
+        cfg["epochs"] = dino["epochs"]
     for k in ("batch_size_per_gpu", "local_crops_number", "epochs"):
         v = getattr(args, k, None)
         if v is not None:
@@ -396,7 +418,7 @@ def mode_train(args):
     student, teacher = build(cfg)
     save_backbone(student.backbone, os.path.join(args.output_dir, "random_init.safetensors"))
     n = cfg["local_crops"]
-    epochs = args.epochs
+    epochs = cfg.get("epochs") or 3
     dino_loss = DINOLoss(cfg["out_dim"], 2 + n, cfg["warmup_teacher_temp"], cfg["teacher_temp"],
                          cfg["warmup_teacher_temp_epochs"], epochs)
     optimizer = torch.optim.AdamW(get_params_groups(student))
@@ -406,9 +428,10 @@ def mode_train(args):
     wd_schedule = cosine_scheduler(cfg["weight_decay"], cfg["weight_decay_end"], epochs, niter)
     momentum_schedule = cosine_scheduler(cfg["momentum"], 1, epochs, niter)
     eval_root = args.eval_path or args.data_path
+    knn20_init = None
     if args.eval_every:
-        print(json.dumps({"epoch": 0, "knn20": knn_top1(teacher.backbone, eval_root, cfg["global_size"])}),
-              flush=True)
+        knn20_init = knn_top1(teacher.backbone, eval_root, cfg["global_size"])
+        print(json.dumps({"epoch": 0, "knn20": knn20_init}), flush=True)
     start, train_secs = time.perf_counter(), 0.0
     log = []
     for epoch in range(epochs):
@@ -436,7 +459,7 @@ def mode_train(args):
         json.dump({"config": cfg, "log": log}, f)
     print(json.dumps({"bench": "train", "impl": "pytorch", "threads": torch.get_num_threads(),
                       "images": len(dataset), "epochs": epochs, "seconds": secs, "train_seconds": train_secs,
-                      "epoch_losses": [r["loss"] for r in log], "log": log,
+                      "epoch_losses": [r["loss"] for r in log], "log": log, "knn20_init": knn20_init,
                       "images_per_s": len(dataset) // cfg["batch"] * cfg["batch"] * epochs / train_secs}))
 
 
@@ -478,8 +501,9 @@ def main():
     t = sub.choices["train"]
     t.add_argument("--data_path", required=True)
     t.add_argument("--output_dir", required=True)
-    t.add_argument("--epochs", type=int, default=3)
+    t.add_argument("--epochs", type=int, default=None, help="default: the --dino_config's, else 3")
     t.add_argument("--num_workers", type=int, default=2)
+    t.add_argument("--dino_config", help="the JSON of `dino train --print_config`: the same settings as dino-rs")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a preset value, e.g. --set out_dim=256 --set lr=0.005 (JSON values)")
     t.add_argument("--eval_every", type=int, default=0, help="k-NN@20 of the teacher every N epochs")

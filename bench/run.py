@@ -204,21 +204,33 @@ def write_subset(src, dst, n):
 
 
 def section_quality(r, q):
+    """The main job's recipe (`dino train`'s default `small` preset) side by side: the same
+    configuration (the peer reads `dino train --print_config`), data (the embedded Fashion-MNIST
+    subset: 3000 training, 1000 held-out pictures), seed and threads; k-NN every 2 epochs on both
+    sides (one plot), then both final teachers and the floors through the same `dino knn` /
+    `dino linear`."""
     a = r.args
     work = tempfile.mkdtemp(prefix="dino-bench-")
-    data = os.path.join(work, "fashion")
-    write_subset(ensure_fashion_mnist(), data, a.train_images if not q else 256)
-    epochs = str(a.epochs if not q else 1)
+    if q:
+        data = os.path.join(work, "fashion")
+        write_subset(os.path.join(REPO, "data", "fashion-mnist-mini"), data, 256)
+    else:
+        data = os.path.join(REPO, "data", "fashion-mnist-mini")
+    extra = ["--epochs", "1"] if q else []
     ours_dir, peer_dir = os.path.join(work, "ours"), os.path.join(work, "pytorch")
+    cfg_file = os.path.join(work, "config.json")
+    with open(cfg_file, "w") as f:
+        f.write(r.run([r.dino, "train", "--data_path", data, "--preset", "small", *extra, "--print_config"], "config"))
     t0 = time.perf_counter()
-    r.run([r.dino, "train", "--preset", "small", "--data_path", data, "--epochs", epochs, "--output_dir", ours_dir,
-           "--skip_eval", "--device", a.device, "--num_workers", str(a.threads)], "dino-rs train")
+    r.run([r.dino, "train", "--preset", "small", "--data_path", data, "--output_dir", ours_dir, *extra,
+           "--device", a.device, "--num_workers", str(a.threads)], "dino-rs train")
     ours_secs = time.perf_counter() - t0
     ours_log = [json.loads(l) for l in open(os.path.join(ours_dir, "log.txt"))]
+    ours_floor = dict(json.load(open(os.path.join(ours_dir, "knn_init.json"))))
     peer_train = None
     if r.py:
-        peer_train = r.peer("train", "--data_path", data, "--output_dir", peer_dir, "--epochs", epochs,
-                            "--num_workers", str(a.threads))
+        peer_train = r.peer("train", "--dino_config", cfg_file, "--data_path", data, "--output_dir", peer_dir,
+                            "--eval_every", "2", "--num_workers", "0", "--seed", "0")
 
     def evaluate(weights, key="teacher"):
         common = ["--pretrained_weights", weights, "--num_heads", "3", "--checkpoint_key", key, "--data_path", data,
@@ -231,8 +243,10 @@ def section_quality(r, q):
 
     rows, raw = [], {}
     ours_eval = evaluate(os.path.join(ours_dir, "checkpoint.safetensors"))
+    ours_curve = [(0, ours_floor[20])] + [((l["epoch"] + 1) * len(l["iter_losses"]), dict(l["knn_top1"])[20])
+                                         for l in ours_log if l.get("knn_top1")]
     rows.append(["dino-rs", *map(fmt, ours_eval), fmt(ours_secs, 0), fmt(ours_log[-1]["train_loss"], 3)])
-    raw["ours"] = {"knn20": ours_eval[0], "linear": ours_eval[1], "seconds": ours_secs,
+    raw["ours"] = {"knn20": ours_eval[0], "linear": ours_eval[1], "seconds": ours_secs, "curve": ours_curve,
                    "epoch_losses": [l["train_loss"] for l in ours_log]}
     if peer_train:
         peer_eval = evaluate(os.path.join(peer_dir, "teacher.safetensors"))
@@ -248,12 +262,34 @@ def section_quality(r, q):
         px = json.loads(raw_px.strip().splitlines()[-1])["top1"]
         rows.append(["floor: raw pixels (k-NN)", fmt(px), "", "", ""])
         raw["raw_pixels"] = {"knn20": px}
+        peer_curve = [(0, peer_train["knn20_init"])] + [(l["iters"], l["knn20"]) for l in peer_train["log"]
+                                                        if "knn20" in l]
+        raw["pytorch"]["curve"] = peer_curve
+        plot_curves(r, ours_curve, peer_curve, px, os.path.join(a.out, "quality-curves.png"))
     shutil.rmtree(work, ignore_errors=True)
-    n = a.train_images if not q else 256
-    md = (f"### Learning quality: Fashion-MNIST, first {n} training pictures, {epochs} epochs of the small preset; "
-          f"top-1 on the 10k test pictures; linear probe {a.linear_epochs if not q else 1} epochs at lr {a.linear_lr}\n\n"
+    cfg = json.load(open(cfg_file)) if os.path.exists(cfg_file) else {}
+    md = ("### Learning quality: the main job's recipe side by side (`small` preset, the embedded Fashion-MNIST "
+          "subset: 3000 training pictures, top-1 on the 1000 held-out; k-NN k=20; linear probe "
+          f"{a.linear_epochs if not q else 1} epochs at lr {a.linear_lr})\n\n"
           + table(["model", "k-NN top-1 (k=20)", "linear top-1", "train s", "last epoch loss"], rows))
     return md, raw
+
+
+def plot_curves(r, ours, peer, pixels, path):
+    """Both k-NN curves (k=20 against iterations) in one PNG, drawn by matplotlib in the peer's python."""
+    script = (
+        "import json, sys, matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
+        "o, p, px, out = json.loads(sys.argv[1])\n"
+        "fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)\n"
+        "ax.plot(*zip(*o), 'o-', label='dino-rs')\n"
+        "ax.plot(*zip(*p), 's--', label='PyTorch (official algorithm)') if p else None\n"
+        "ax.axhline(px, color='grey', ls=':', label='raw pixels (k-NN)')\n"
+        "ax.axhline(o[0][1], color='black', ls='-.', lw=0.8, label='initial teacher (floor)')\n"
+        "ax.set_xlabel('iteration'); ax.set_ylabel('20-NN top-1 on the 1000 held-out pictures (%)')\n"
+        "ax.set_title('DINO on Fashion-MNIST (3000 pictures): the main job side by side')\n"
+        "ax.grid(alpha=0.3); ax.legend(); fig.tight_layout(); fig.savefig(out)\n")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    r.run([r.py, "-c", script, json.dumps([ours, peer, pixels, path])], "learning curves plot")
 
 
 SECTIONS = {"step": section_step, "infer": section_infer, "augment": section_augment, "scaling": section_scaling,

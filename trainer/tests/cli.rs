@@ -49,11 +49,13 @@ fn non_square_size_gives_a_non_square_grid() {
 
 #[test]
 fn other_colour_types_are_converted() {
-    for f in ["gray.png", "gray16.png", "rgba.png", "cmyk.jpg", "palette.gif", "coffee.png"] {
+    // One size is the shorter side: the 96x96 pictures give 6 x 6 patches of 16, coffee.png
+    // (200x133) gives 96 x int(96 * 200 / 133) = 96 x 144 px, 6 x 9 patches.
+    for (f, grid) in [("gray.png", [6, 6]), ("gray16.png", [6, 6]), ("rgba.png", [6, 6]), ("cmyk.jpg", [6, 6]), ("palette.gif", [6, 6]), ("coffee.png", [6, 9])] {
         let out = temp_dir(&format!("attn-{f}"));
         let r = attention(s(&image(f)), &out, &["--image_size", "96"]);
         assert_eq!(r.code, 0, "{f}: {}", r.stderr);
-        assert_eq!(npy_shape(&out.join("attention.npy")), vec![3, 6, 6], "{f}");
+        assert_eq!(npy_shape(&out.join("attention.npy")), vec![3, grid[0], grid[1]], "{f}");
     }
 }
 

@@ -92,6 +92,9 @@ pub struct TrainArgs {
     #[arg(long)] pub eval_every: Option<usize>,
     /// Skip every k-NN evaluation (the floor included) and the attention maps.
     #[arg(long)] pub skip_eval: bool,
+    /// Print the resolved configuration (preset, then --config, then flags) as JSON and exit;
+    /// `bench/peer.py train --dino_config` reads it, so both sides run the same settings.
+    #[arg(long)] pub print_config: bool,
     /// Time every phase of a step (waits for the device after each: slower, for profiling).
     #[arg(long)] pub profile: bool,
 }
@@ -150,6 +153,10 @@ impl TrainArgs {
 /// a few held-out pictures.
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let cfg = args.resolve()?;
+    if args.print_config {
+        println!("{}", serde_json::to_string_pretty(&cfg)?);
+        return Ok(());
+    }
     let outcome = train(&cfg)?;
     let Some(eval) = &outcome.evaluator else {
         return Ok(());
