@@ -168,7 +168,7 @@ impl Preset {
                 // ~2600 iterations: about 15 minutes on 2 CPU cores (README: the main job).
                 epochs: 14,
                 eval_every: 2,
-                saveckp_freq: 1,
+                saveckp_freq: 5,
                 num_workers: 2,
                 ..base
             },

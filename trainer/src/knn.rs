@@ -121,28 +121,16 @@ pub fn knn_classifier(
         .collect()
 }
 
-/// Extract both splits and classify; prints the official result lines.
-#[allow(clippy::too_many_arguments)]
-pub fn evaluate(
-    model: &VisionTransformer,
-    train: &Dataset,
-    val: &Dataset,
-    image_size: usize,
-    batch_size: usize,
-    ks: &[usize],
-    temperature: f64,
-    device: &Device,
-) -> anyhow::Result<Vec<(usize, f64, f64)>> {
-    let results = evaluate_quiet(model, train, val, image_size, batch_size, ks, temperature, device)?;
-    for (k, top1, top5) in &results {
+/// The official result lines (eval_knn.py), one per k.
+pub fn print_results(results: &[(usize, f64, f64)]) {
+    for (k, top1, top5) in results {
         println!("{k}-NN classifier result: Top1: {top1:.2}, Top5: {top5:.2}");
     }
-    Ok(results)
 }
 
-/// [`evaluate`] without the result lines (evaluations during training).
+/// Extract both splits and classify: (k, top-1 %, top-5 %) per k.
 #[allow(clippy::too_many_arguments)]
-pub fn evaluate_quiet(
+pub fn evaluate(
     model: &VisionTransformer,
     train: &Dataset,
     val: &Dataset,

@@ -186,7 +186,7 @@ impl Evaluator {
 
     /// (k, top-1 %, top-5 %) of `model`'s CLS features (official weighted k-NN, quiet).
     pub fn knn(&self, model: &dino_shared::VisionTransformer, device: &Device) -> anyhow::Result<Vec<(usize, f64, f64)>> {
-        crate::knn::evaluate_quiet(model, &self.train, &self.val, self.image_size, 256, &KNN_KS, KNN_TEMPERATURE, device)
+        crate::knn::evaluate(model, &self.train, &self.val, self.image_size, 256, &KNN_KS, KNN_TEMPERATURE, device)
     }
 }
 

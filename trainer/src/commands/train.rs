@@ -166,9 +166,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         Some(r) => r,
         None => eval.knn(model, &outcome.device)?,
     };
-    for (k, top1, top5) in &results {
-        println!("{k}-NN classifier result: Top1: {top1:.2}, Top5: {top5:.2}");
-    }
+    crate::knn::print_results(&results);
     let trained = top1s(&results);
     let mut summary = serde_json::Map::new();
     for (k, v) in &trained {
