@@ -122,7 +122,8 @@ def side_by_side(r, kind, args, label, key, higher_is_better, scale=1.0, device=
 
 def section_step(r, q):
     rows, raw = [], []
-    cases = [("small (ViT 96d x4, /4, 24+12 px, 2+4 crops)", ["--preset", "small"], 10 if not q else 2),
+    cases = [("small (ViT 96d x4, /4, 24+12 px, 2+4 crops), batch 64", ["--preset", "small", "--batch_size_per_gpu", "64"],
+              10 if not q else 2),
              ("ViT-S/16, 224+96 px, 2+8 crops, batch 8", ["--preset", "imagenet", "--batch_size_per_gpu", "8"],
               3 if not q else 1)]
     for label, args, iters in cases:
