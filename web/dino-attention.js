@@ -102,7 +102,8 @@ class DinoAttention extends HTMLElement {
       const res = await fetch(new URL(src, location.href));
       if (!res.ok) throw new Error(`${src}: HTTP ${res.status}`);
       const bytes = new Uint8Array(await res.arrayBuffer());
-      // Default input: 28 x 28 patches, as on the page (112 px for patch 4, 224 for 8, 448 for 16).
+      // Default input: 28 patches along the shorter side, as on the page (112 px for patch 4, 224
+      // for 8, 448 for 16); the longer side follows the picture's aspect ratio.
       const size = parseInt(this.getAttribute('size') || String(28 * model.info.patch_size), 10);
       const analysis = await engine.analyze(model.name, bytes, size);
       if (gen !== this.generation) return; // a newer update superseded this one
