@@ -172,13 +172,11 @@ pub struct Evaluator {
 impl Evaluator {
     pub fn open(cfg: &TrainConfig) -> anyhow::Result<Option<Self>> {
         let root = cfg.data_path.clone().unwrap_or_else(embedded_data);
-        let val = match Dataset::open(&root, Split::Val) {
-            Ok(v) => v,
-            Err(e) => {
-                eprintln!("no validation split, evaluation skipped ({e})");
-                return Ok(None);
-            }
-        };
+        if !Dataset::has_split(&root, Split::Val) {
+            eprintln!("no validation split, evaluation skipped (no t10k-* files or val/ folder in {})", root.display());
+            return Ok(None);
+        }
+        let val = Dataset::open(&root, Split::Val)?;
         let train = Dataset::open(&root, Split::Train)?;
         let val = val.align_classes_to(&train)?;
         Ok(Some(Self { train, val, image_size: cfg.global_crops_size }))

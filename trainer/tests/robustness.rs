@@ -100,10 +100,14 @@ fn a_val_class_unknown_to_train_is_named() {
 fn no_validation_split_is_never_a_self_evaluation() {
     let data = three_classes("no-split");
     let train_only = data.join("train");
-    for cmd in ["knn", "linear"] {
-        let r = dino(&[cmd, "--pretrained_weights", s(&model()), "--data_path", s(&train_only), "--device", "cpu"]);
-        assert_eq!(r.code, 2, "{cmd}: {}", r.stderr);
-        assert!(r.error_line().contains("no validation split"), "{cmd}: {}", r.stderr);
+    // A folder of class folders, and one IDX file: each is one split.
+    let idx_file = repo().join("data/fashion-mnist-mini/train-images-idx3-ubyte.gz");
+    for root in [&train_only, &idx_file] {
+        for cmd in ["knn", "linear"] {
+            let r = dino(&[cmd, "--pretrained_weights", s(&model()), "--data_path", s(root), "--device", "cpu"]);
+            assert_eq!(r.code, 2, "{cmd}: {}", r.stderr);
+            assert!(r.error_line().contains("no validation split"), "{cmd}: {}", r.stderr);
+        }
     }
     // An explicit --val_path is the validation split: an IDX folder gives its t10k pictures.
     let idx = repo().join("data/fashion-mnist-mini");

@@ -49,6 +49,12 @@ impl Dataset {
     pub fn open(path: &Path, split: Split) -> anyhow::Result<Self> {
         anyhow::ensure!(path.exists(), "{}: no such file or folder", path.display());
         if path.is_file() {
+            // One IDX file is one split: the training one (never evaluated against itself).
+            anyhow::ensure!(
+                split == Split::Train,
+                "{}: one IDX file holds no validation split: give --val_path",
+                path.display()
+            );
             return Ok(Self::Idx { set: Arc::new(load_idx_pair(path)?), source: path.to_path_buf() });
         }
         if let Some(found) = Self::split_of(path, split)? {
@@ -74,6 +80,18 @@ impl Dataset {
             Some(found) => Ok(found),
             None => Self::class_folders(path),
         }
+    }
+
+    /// Whether `path` holds the split itself: an IDX file, the split's IDX files, or its subfolder
+    /// (for [`Split::Train`] any folder does: its class folders are the training split).
+    pub fn has_split(path: &Path, split: Split) -> bool {
+        if split == Split::Train {
+            return path.exists();
+        }
+        if path.is_file() {
+            return false; // one IDX file is one split: the training one
+        }
+        idx_file(path, "t10k").is_some() || path.join("val").is_dir()
     }
 
     /// The split's IDX file or `train/` / `val/` subfolder under `path`, if it has one.
