@@ -29,8 +29,9 @@ impl DinoLoss {
         let b = n / ncrops;
         let temp = teacher_temp;
         let logits = (teacher.clone() - self.center.clone()).div_scalar(temp);
-        let entropy = (softmax(logits.clone(), 1) * log_softmax(logits.clone(), 1)).sum().neg().div_scalar((2 * b) as f64);
-        let q = softmax(logits, 1).reshape([2, b, k]);
+        let q = softmax(logits.clone(), 1);
+        let entropy = (q.clone() * log_softmax(logits, 1)).sum().neg().div_scalar((2 * b) as f64);
+        let q = q.reshape([2, b, k]);
         let logp = log_softmax(student.div_scalar(self.student_temp), 1).reshape([ncrops, b, k]);
         // Sum over every (teacher crop iq, student crop v != iq) pair of mean_b sum_k -q log p:
         // all pairs at once with q0 + q1 against every crop, minus the two diagonal pairs.
