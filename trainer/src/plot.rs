@@ -64,9 +64,11 @@ pub fn training_curves(c: &TrainingCurves) -> anyhow::Result<image::RgbImage> {
         root.fill(&WHITE).map_err(err)?;
         let panels = root.split_evenly((2, 3));
         let e = c.iters_per_epoch.max(1) as f64;
-        let epoch_x = |i: usize| (i as f64 + 1.0) * e; // an epoch's mean sits at its end
-        let iters: Vec<(f64, f64)> = c.iter_losses.iter().enumerate().map(|(i, v)| (i as f64 + 1.0, *v)).collect();
-        let means: Vec<(f64, f64)> = c.epoch_losses.iter().enumerate().map(|(i, v)| (epoch_x(i), *v)).collect();
+        // x = the iteration a value belongs to: per iteration, or at the end of its epoch.
+        let per_iter = |v: &[f64]| -> Vec<(f64, f64)> { v.iter().enumerate().map(|(i, x)| (i as f64 + 1.0, *x)).collect() };
+        let per_epoch = |v: &[f64]| -> Vec<(f64, f64)> { v.iter().enumerate().map(|(i, x)| ((i as f64 + 1.0) * e, *x)).collect() };
+        let iters = per_iter(c.iter_losses);
+        let means = per_epoch(c.epoch_losses);
         let total = c.lr.len().max(c.iter_losses.len()).max(1) as f64;
         panel(
             &panels[0],
@@ -79,8 +81,7 @@ pub fn training_curves(c: &TrainingCurves) -> anyhow::Result<image::RgbImage> {
                 Series { name: "epoch mean", points: means, color: C_BLUE, marker: true },
             ],
         )?;
-        let entropy: Vec<(f64, f64)> = c.epoch_entropy.iter().enumerate().map(|(i, v)| (epoch_x(i), *v)).collect();
-        let kl: Vec<(f64, f64)> = c.epoch_kl.iter().enumerate().map(|(i, v)| (epoch_x(i), *v)).collect();
+        let (entropy, kl) = (per_epoch(c.epoch_entropy), per_epoch(c.epoch_kl));
         let uniform = vec![(0.0, c.max_entropy), (total, c.max_entropy)];
         panel(
             &panels[1],
@@ -109,7 +110,6 @@ pub fn training_curves(c: &TrainingCurves) -> anyhow::Result<image::RgbImage> {
                 Series { name: "initial teacher (floor)", points: floor, color: GREY, marker: false },
             ],
         )?;
-        let per_iter = |v: &[f64]| -> Vec<(f64, f64)> { v.iter().enumerate().map(|(i, x)| (i as f64 + 1.0, *x)).collect() };
         panel(
             &panels[3],
             "Learning rate",

@@ -38,6 +38,16 @@ fn three_classes(name: &str) -> PathBuf {
     root
 }
 
+/// A flat folder of the first `n` training pictures as PNG files.
+fn png_folder(name: &str, n: usize) -> PathBuf {
+    let dir = temp_dir(name);
+    let (images, _) = mini("train");
+    for (i, px) in images.iter().take(n).enumerate() {
+        image::GrayImage::from_raw(28, 28, px.clone()).unwrap().save(dir.join(format!("{i:02}.png"))).unwrap();
+    }
+    dir
+}
+
 /// A model that knows nothing of the data: fine, the cases compare evaluations of one model.
 fn model() -> PathBuf {
     repo().join("web/assets/dino-default.safetensors")
@@ -239,11 +249,7 @@ fn one_image_size_keeps_the_aspect_ratio() {
 /// process aborts there), then resumed: the run ends exactly as an uninterrupted one.
 #[test]
 fn crash_during_checkpoint_writes_resumes_exactly() {
-    let data = temp_dir("crash-data");
-    let (images, _) = mini("train");
-    for (i, px) in images.iter().take(32).enumerate() {
-        image::GrayImage::from_raw(28, 28, px.clone()).unwrap().save(data.join(format!("{i:02}.png"))).unwrap();
-    }
+    let data = png_folder("crash-data", 32);
     let args = |out: &Path| -> Vec<String> {
         [
             "train", "--data_path", s(&data), "--output_dir", s(out), "--arch", "custom", "--embed_dim", "32", "--depth", "1",
@@ -297,11 +303,7 @@ fn crash_during_checkpoint_writes_resumes_exactly() {
 /// exit 2, and the previous checkpoint is kept.
 #[test]
 fn full_disk_keeps_the_previous_checkpoint() {
-    let data = temp_dir("disk-data");
-    let (images, _) = mini("train");
-    for (i, px) in images.iter().take(16).enumerate() {
-        image::GrayImage::from_raw(28, 28, px.clone()).unwrap().save(data.join(format!("{i:02}.png"))).unwrap();
-    }
+    let data = png_folder("disk-data", 16);
     let out = temp_dir("disk-out");
     let base = |epochs: &str| {
         format!(
