@@ -41,8 +41,8 @@ from reference import DINOLoss, cosine_scheduler  # noqa: E402
 # dino-rs presets (trainer/src/config.rs); official main_dino.py defaults for the rest.
 PRESETS = {
     "small": dict(global_size=24, local_size=12, patch=4, embed_dim=96, depth=4, heads=3, out_dim=1024,
-                  hidden=512, bottleneck=128, norm_last_layer=False, drop_path=0.0, local_crops=4, batch=16,
-                  momentum=0.99, lr=4e-3, warmup_epochs=1, blur_radius=(0.01, 0.2)),
+                  hidden=512, bottleneck=128, norm_last_layer=False, drop_path=0.0, local_crops=4, batch=32,
+                  momentum=0.98, lr=4e-3, warmup_epochs=1),
     "imagenet": dict(global_size=224, local_size=96, patch=16, embed_dim=384, depth=12, heads=6, out_dim=65536,
                      hidden=2048, bottleneck=256, norm_last_layer=True, drop_path=0.1, local_crops=8, batch=64,
                      momentum=0.996, lr=5e-4, warmup_epochs=10),

@@ -4,10 +4,13 @@
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::softmax;
+use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor};
 
 use crate::init::trunc_normal_linear;
 
+/// Multi-head self-attention (official `vision_transformer.Attention`): `qkv` [C, 3C] (Burn's
+/// [in, out] layout; official key `attn.qkv`), `proj` [C, C], scale head_dim^-0.5.
 #[derive(Module, Debug)]
 pub struct Attention {
     pub qkv: Linear,
@@ -31,9 +34,18 @@ impl Attention {
         let h = self.num_heads;
         let head_dim = c / h;
         let scale = (head_dim as f64).powf(-0.5);
-        // [B, N, 3, heads, head_dim]: the official reshape order of the fused projection.
-        let qkv = self.qkv.forward(x).reshape([b, n, 3, h, head_dim]);
-        let take = |i: usize| qkv.clone().narrow(2, i, 1).reshape([b, n, h, head_dim]).swap_dims(1, 2);
+        // The fused projection's outputs are ordered [3, heads, head_dim] (official reshape
+        // [B, N, 3, heads, head_dim]): q, k and v are its column blocks [0, C), [C, 2C), [2C, 3C).
+        // Projecting with each block of the weight gives the same numbers as slicing the fused
+        // output, and its backward slices the [C, 3C] weight instead of zero-filling the
+        // [B, N, 3C] activation three times per block (Burn's `narrow` backward).
+        let weight = self.qkv.weight.val();
+        let bias = self.qkv.bias.as_ref().map(|p| p.val());
+        let take = |i: usize| {
+            let w = weight.clone().narrow(1, i * c, c);
+            let bias = bias.clone().map(|bias| bias.narrow(0, i * c, c));
+            linear(x.clone(), w, bias).reshape([b, n, h, head_dim]).swap_dims(1, 2)
+        };
         let (q, k, v) = (take(0), take(1), take(2));
         let attn = softmax(q.matmul(k.swap_dims(2, 3)).mul_scalar(scale), 3);
         let out = attn.clone().matmul(v).swap_dims(1, 2).reshape([b, n, c]);

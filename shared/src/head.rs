@@ -44,6 +44,9 @@ impl WeightNormLinear {
     }
 }
 
+/// The projection head (official `vision_transformer.DINOHead`): `nlayers` Linear layers with
+/// GELU between them down to the bottleneck, L2 normalisation, then the weight-normalised
+/// `last_layer` onto `out_dim` prototypes. [B, in_dim] -> [B, out_dim] logits.
 #[derive(Module, Debug)]
 pub struct DinoHead {
     /// Linear layers of the MLP; official keys `mlp.0`, `mlp.2`, `mlp.4` (GELUs between them).

@@ -54,6 +54,12 @@ pub struct TrainConfig {
     pub seed: u64,
     pub num_workers: usize,
     pub device: DeviceChoice,
+    /// Data-parallel student replicas on the device, one thread each (0: auto, 2 on the cpu, 1 on
+    /// a GPU); see `step.rs`.
+    pub replicas: usize,
+    /// Gradient accumulation: micro-batches per step, the batch of a step being
+    /// `batch_size_per_gpu x accum_iter` (the lr scales with it).
+    pub accum_iter: usize,
     /// Stop after this many iterations in total (0: no limit); for smoke tests and benchmarks.
     pub max_iters: usize,
     /// Print the time of every phase of a step after each epoch.
@@ -103,6 +109,8 @@ impl Default for TrainConfig {
             seed: 0,
             num_workers: 10,
             device: DeviceChoice::Auto,
+            replicas: 0,
+            accum_iter: 1,
             max_iters: 0,
             profile: false,
             eval_every: 0,
@@ -154,20 +162,20 @@ impl Preset {
                 global_crops_size: 24,
                 local_crops_size: 12,
                 local_crops_number: 4,
-                // The official blur radii (0.1-2 px) are made for 224 / 96 px crops; on a 24 px
-                // crop 2 px erases the garment. Scaled by 24 / 224 (BENCHMARKS.md: trials).
-                blur_radius: (0.01, 0.2),
+                // The official blur radii (0.1-2 px) are kept: the trials that learned most used
+                // them (BENCHMARKS.md: trials, H2 and M).
                 // On this data DINO first drifts towards uniform outputs and learns once it has
-                // left them, after ~600 iterations whatever the batch (BENCHMARKS.md: trials):
-                // iterations are the currency, so small batches (16) buy the most of them per
-                // minute; lr 4e-3 x 16 / 256 = 2.5e-4 per step, as in the runs that learned.
-                momentum_teacher: 0.99,
+                // left them (~600 iterations). A 20-epoch cosine decays the lr and drives the
+                // teacher momentum to 1 before the learning is done, so the short run starts
+                // with a faster teacher (0.98) and twice the per-step lr of the long runs:
+                // 4e-3 x 32 / 256 = 5e-4 (BENCHMARKS.md: trial M, the main job).
+                momentum_teacher: 0.98,
                 lr: 0.004,
                 warmup_epochs: 1,
-                batch_size_per_gpu: 16,
-                // ~2600 iterations: about 15 minutes on 2 CPU cores (README: the main job).
-                epochs: 14,
-                eval_every: 2,
+                batch_size_per_gpu: 32,
+                // 1860 iterations: about 13 minutes of training on 2 CPU cores (README: the main job).
+                epochs: 20,
+                eval_every: 4,
                 saveckp_freq: 5,
                 num_workers: 2,
                 ..base
@@ -177,6 +185,11 @@ impl Preset {
 }
 
 impl TrainConfig {
+    /// The pictures of one optimizer step: `batch_size_per_gpu x accum_iter`.
+    pub fn step_batch(&self) -> usize {
+        self.batch_size_per_gpu * self.accum_iter
+    }
+
     pub fn vit(&self) -> anyhow::Result<VitConfig> {
         let img = self.global_crops_size;
         anyhow::ensure!(
@@ -235,6 +248,7 @@ impl TrainConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         use anyhow::ensure;
         ensure!(self.batch_size_per_gpu > 0, "--batch_size_per_gpu must be at least 1");
+        ensure!(self.accum_iter > 0, "--accum_iter must be at least 1");
         ensure!(self.epochs > 0, "--epochs must be at least 1");
         ensure!(self.freeze_last_layer <= self.epochs, "--freeze_last_layer {} exceeds --epochs {}", self.freeze_last_layer, self.epochs);
         ensure!(self.warmup_epochs <= self.epochs, "--warmup_epochs {} exceeds --epochs {}", self.warmup_epochs, self.epochs);

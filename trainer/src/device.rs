@@ -38,6 +38,21 @@ pub fn select(choice: DeviceChoice) -> Device {
     }
 }
 
+/// Whether `device` is Burn's flex CPU backend (plain or autodiff).
+pub fn is_cpu(device: &Device) -> bool {
+    format!("{device:?}").to_lowercase().contains("flex")
+}
+
+/// The data-parallel replicas to run on `device` for a `--replicas` value (0: auto, 2 on the
+/// cpu, 1 on a GPU).
+pub fn replicas(requested: usize, device: &Device) -> usize {
+    match requested {
+        0 if is_cpu(device) => 2,
+        0 => 1,
+        n => n,
+    }
+}
+
 fn cpu(why: &str) -> Device {
     eprintln!("device: cpu (flex): {why}");
     Device::flex()

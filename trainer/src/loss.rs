@@ -22,9 +22,11 @@ impl DinoLoss {
     /// centred, sharpened teacher distribution: the paper's collapse diagnostic (Section 5.3,
     /// Fig. 7; not in the official code). Since the loss is H(P_t, P_s) = H(P_t) + KL(P_t || P_s)
     /// averaged over the same pairs, loss minus entropy is the KL divergence of that figure.
-    /// The centre is updated afterwards, as official.
     /// `teacher_temp` is this step's value of the teacher temperature schedule.
-    pub fn forward(&mut self, student: Tensor<2>, teacher: Tensor<2>, ncrops: usize, teacher_temp: f64) -> (Tensor<1>, Tensor<1>) {
+    /// The centre is not updated here: each data-parallel replica computes the loss of its
+    /// share of the batch, and the centre is then updated once from all of them
+    /// ([`update_center`](Self::update_center)).
+    pub fn loss(&self, student: Tensor<2>, teacher: Tensor<2>, ncrops: usize, teacher_temp: f64) -> (Tensor<1>, Tensor<1>) {
         let [n, k] = student.dims();
         let b = n / ncrops;
         let temp = teacher_temp;
@@ -40,13 +42,14 @@ impl DinoLoss {
         let same_view = (q * logp.narrow(0, 0, 2)).sum();
         let n_terms = (2 * ncrops - 2) as f64;
         let loss = (same_view - all_pairs).div_scalar(b as f64 * n_terms);
-        self.update_center(teacher);
         (loss, entropy)
     }
 
-    /// c <- m c + (1 - m) mean_batch(teacher).
-    pub fn update_center(&mut self, teacher: Tensor<2>) {
-        let batch_center = teacher.mean_dim(0);
+    /// c <- m c + (1 - m) mean_batch(teacher), from the column sum of the teacher outputs of
+    /// every replica, [1, K], and their number of rows: official `update_center` (`sum`,
+    /// `dist.all_reduce`, divide by `len(teacher_output) * world_size`).
+    pub fn update_center(&mut self, teacher_sum: Tensor<2>, rows: usize) {
+        let batch_center = teacher_sum.div_scalar(rows as f64);
         self.center = self.center.clone().mul_scalar(self.center_momentum) + batch_center.mul_scalar(1.0 - self.center_momentum);
     }
 }
@@ -76,7 +79,8 @@ mod tests {
         let temps = teacher_temp_schedule(0.04, 0.07, 3, 10);
         let mut loss_fn = DinoLoss::new(32, &plain);
         loss_fn.center = t("center_in", &plain);
-        let (loss, _) = loss_fn.forward(student.clone(), teacher, 6, temps[1]); // epoch 1
+        let (loss, _) = loss_fn.loss(student.clone(), teacher.clone(), 6, temps[1]); // epoch 1
+        loss_fn.update_center(teacher.sum_dim(0), 4 * 2);
         let grads = loss.backward();
         let value = loss.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()[0];
         let want = r["loss"].data[0];

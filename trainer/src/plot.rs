@@ -263,3 +263,45 @@ mod tests {
         assert!(dark > 2000, "too little text and axes drawn: {dark} dark pixels");
     }
 }
+
+/// Height in pixels of the label strip above each cell of [`labelled_grid`].
+const LABEL_H: u32 = 18;
+
+/// `cells` (all the size of the first) laid out `cols` per row by the shared
+/// [`dino_shared::attention_maps::composite`], each under its label (DejaVu Sans, 12 px; a
+/// label wider than its cell is cut at the cell's edge). Used for `attention-grid.png`.
+///
+/// # Errors
+/// A drawing error of `plotters`.
+pub fn labelled_grid(cells: &[image::RgbImage], labels: &[String], cols: usize) -> anyhow::Result<image::RgbImage> {
+    register_font();
+    let Some(first) = cells.first() else { return Ok(image::RgbImage::new(1, 1)) };
+    let (w, h) = first.dimensions();
+    let framed: Vec<image::RgbImage> = cells
+        .iter()
+        .map(|c| {
+            let mut f = image::RgbImage::from_pixel(w, h + LABEL_H, image::Rgb([255, 255, 255]));
+            image::imageops::replace(&mut f, c, 0, LABEL_H as i64);
+            f
+        })
+        .collect();
+    let mut grid = dino_shared::attention_maps::composite(&framed, cols);
+    let (gw, gh) = grid.dimensions();
+    let cols = cols.clamp(1, cells.len());
+    // The gap composite() leaves between cells.
+    let gap = if cols > 1 { (gw - cols as u32 * w) / (cols as u32 - 1) } else { 0 };
+    let rows = cells.len().div_ceil(cols) as u32;
+    let vgap = if rows > 1 { (gh - rows * (h + LABEL_H)) / (rows - 1) } else { 0 };
+    {
+        let root = BitMapBackend::with_buffer(grid.as_mut(), (gw, gh)).into_drawing_area();
+        let style = TextStyle::from((FONT, 12).into_font()).color(&BLACK);
+        for (i, label) in labels.iter().enumerate().take(cells.len()) {
+            let (c, r) = ((i % cols) as u32, (i / cols) as u32);
+            let (x, y) = (c * (w + gap), r * (h + LABEL_H + vgap));
+            let cell = root.clone().shrink((x as i32, y as i32), (w, LABEL_H));
+            cell.draw_text(label, &style, (2, 3)).map_err(err)?;
+        }
+        root.present().map_err(err)?;
+    }
+    Ok(grid)
+}

@@ -22,7 +22,7 @@ use crate::optim::{AdamW, Step};
 use crate::plot::{training_curves, TrainingCurves};
 use crate::profile::Phases;
 use crate::schedule::{cosine_scheduler, teacher_temp_schedule};
-use crate::step::{train_step, Crops};
+use crate::step::{train_step, Crops, Parallelism};
 
 /// The k of the k-NN evaluations during and after training (official eval_knn: 10, 20).
 pub const KNN_KS: [usize; 2] = [10, 20];
@@ -81,7 +81,7 @@ pub struct Schedules {
 impl Schedules {
     pub fn new(cfg: &TrainConfig, iters_per_epoch: usize) -> Self {
         let (e, n) = (cfg.epochs, iters_per_epoch);
-        let base_lr = cfg.lr * cfg.batch_size_per_gpu as f64 / 256.0;
+        let base_lr = cfg.lr * cfg.step_batch() as f64 / 256.0;
         let temps = teacher_temp_schedule(cfg.warmup_teacher_temp, cfg.teacher_temp, cfg.warmup_teacher_temp_epochs, e);
         Self {
             lr: cosine_scheduler(base_lr, cfg.min_lr, e, n, cfg.warmup_epochs, 0.0),
@@ -233,7 +233,7 @@ fn train_one_epoch(
     // Drop-path masks and any other device randomness restart from (seed, epoch): an
     // interrupted and resumed run repeats the uninterrupted one exactly.
     ad.seed(mix(cfg.seed, epoch as u64, 1));
-    let loader = Loader::start(dataset.clone(), &cfg.multicrop(), cfg.batch_size_per_gpu, cfg.seed, epoch, cfg.num_workers, 2);
+    let loader = Loader::start(dataset.clone(), &cfg.multicrop(), cfg.step_batch(), cfg.seed, epoch, cfg.num_workers, 2);
     let bar = ProgressBar::new(loader.len() as u64);
     if let Ok(style) = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}") {
         bar.set_style(style.progress_chars("=> "));
@@ -245,6 +245,7 @@ fn train_one_epoch(
     let mut last = schedules.at(epoch * schedules.iters_per_epoch, cfg);
     let mut phases = Phases::new(cfg.profile, ad);
     let ncrops = 2 + cfg.local_crops_number;
+    let parallel = Parallelism { replicas: device::replicas(cfg.replicas, ad), accum_iter: cfg.accum_iter };
     let mut loader = loader.enumerate();
     while let Some((it, batch)) = phases.time("data (waiting for the loader)", || loader.next()) {
         if cfg.max_iters > 0 && *iterations_done >= cfg.max_iters {
@@ -258,7 +259,7 @@ fn train_one_epoch(
         }
         let (globals, locals) = phases.time("upload", || batch_tensors(batch, cfg, ad));
         let crops = Crops { globals, locals, ncrops };
-        let values = match train_step(state, loss_fn, crops, &step, &mut phases) {
+        let values = match train_step(state, loss_fn, crops, &step, parallel, &mut phases) {
             (s, Ok(v)) => {
                 state = s;
                 v
@@ -324,10 +325,10 @@ fn train_one_epoch(
 pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
     let data_path = cfg.data_path.clone().unwrap_or_else(embedded_data);
     let dataset = Arc::new(Dataset::open(&data_path, Split::Train)?);
-    let bs = cfg.batch_size_per_gpu;
+    let bs = cfg.step_batch();
     anyhow::ensure!(
         dataset.len() >= bs,
-        "{}: {} images, fewer than one batch of --batch_size_per_gpu {bs}",
+        "{}: {} images, fewer than one batch of --batch_size_per_gpu x --accum_iter = {bs}",
         data_path.display(),
         dataset.len()
     );
@@ -368,13 +369,15 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
     loss_fn.center = state.center.clone();
     let vit = state.student.backbone.config().clone();
     eprintln!(
-        "training {} ({} params) on {} images of {}: {} epochs x {niter} iterations, batch {bs}, {} crops",
+        "training {} ({} params) on {} images of {}: {} epochs x {niter} iterations, batch {bs} ({} micro-batch(es)), {} crops, {} replica(s)",
         vit.arch_name(),
         state.student.num_params(),
         dataset.len(),
         data_path.display(),
         cfg.epochs,
-        2 + cfg.local_crops_number
+        cfg.accum_iter,
+        2 + cfg.local_crops_number,
+        device::replicas(cfg.replicas, &device)
     );
 
     let ad = device.clone().autodiff();

@@ -34,8 +34,14 @@ fn attention_on_a_real_photo_writes_every_picture() {
         let sum: f32 = v[h * 196..(h + 1) * 196].iter().sum();
         assert!(v[h * 196..(h + 1) * 196].iter().all(|&x| x > 0.0) && sum < 1.0 && sum > 0.1, "head {h} sums to {sum}");
     }
-    let grid = image::open(out.join("attention-grid.png")).unwrap();
-    assert_eq!((grid.width(), grid.height()), (5 * 224 + 4 * 4, 2 * 224 + 4));
+    let grid = image::open(out.join("attention-grid.png")).unwrap().to_rgb8();
+    // Two rows of 5 cells, each under an 18 px label strip, 4 px apart.
+    assert_eq!((grid.width(), grid.height()), (5 * 224 + 4 * 4, 2 * (224 + 18) + 4));
+    // Every label strip of the top row holds text ("picture", "mean of 3 heads", "head j").
+    for c in 0..5u32 {
+        let dark = (0..18).flat_map(|y| (0..224).map(move |x| (c * 228 + x, y))).filter(|&(x, y)| grid.get_pixel(x, y)[0] < 128).count();
+        assert!(dark > 20, "label of cell {c} has {dark} dark pixels");
+    }
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Tensor;
-use dino_shared::attention_maps::{composite, draw_mask, head_color, heatmap, overlay, AttentionMaps};
+use dino_shared::attention_maps::{draw_mask, head_color, heatmap, overlay, AttentionMaps};
 use dino_shared::inference::{features_and_attention, grid_of};
 use dino_shared::preprocess;
 use image::RgbImage;
@@ -13,6 +13,7 @@ use super::{image_size, ModelArgs};
 use crate::device::{self, DeviceChoice};
 use crate::images::open_image;
 use crate::npy::write_npy;
+use crate::plot::labelled_grid;
 
 #[derive(clap::Args, Debug)]
 #[command(rename_all = "snake_case")]
@@ -95,15 +96,25 @@ pub fn write_outputs(
         save(&m, &format!("mask_th{threshold}_head{j}.png"))?;
         mask_pictures.push(m);
     }
-    // Grid: picture, mean overlay, then one column per head; masks below the heads.
+    // Grid: picture, mean overlay, then one column per head; masks below the heads; each cell
+    // under its label.
     let blank = RgbImage::from_pixel(image.width(), image.height(), image::Rgb([255, 255, 255]));
     let mut cells = vec![image.clone(), mean_overlay];
     cells.extend(heads);
     cells.push(blank.clone());
     cells.push(blank);
     cells.extend(mask_pictures);
-    let grid = composite(&cells, maps.heads + 2);
-    save(&grid, "attention-grid.png")?;
+    let mut labels = vec!["picture".to_string(), format!("mean of {} heads", maps.heads)];
+    labels.extend((0..maps.heads).map(|j| format!("head {j}")));
+    labels.extend([String::new(), String::new()]);
+    labels.extend((0..maps.heads).map(|j| format!("head {j}, threshold {threshold}")));
+    let cells: Vec<RgbImage> = cells
+        .iter()
+        .map(|c| image::imageops::resize(c, c.width() * scale.max(1), c.height() * scale.max(1), image::imageops::FilterType::Nearest))
+        .collect();
+    let grid = labelled_grid(&cells, &labels, maps.heads + 2)?;
+    let path = dir.join("attention-grid.png");
+    grid.save(&path).map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", path.display()))?;
     write_npy(&dir.join("attention.npy"), &[maps.heads, gh, gw], &maps.values)?;
     Ok(dir.join("attention-grid.png"))
 }

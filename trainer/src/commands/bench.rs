@@ -23,7 +23,7 @@ use crate::loss::DinoLoss;
 use crate::optim::Step;
 use crate::train::TrainState;
 use crate::profile::Phases;
-use crate::step::{train_step, Crops};
+use crate::step::{train_step, Crops, Parallelism};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -51,6 +51,9 @@ pub struct StepArgs {
     pub batch_size_per_gpu: Option<usize>,
     #[arg(long)]
     pub local_crops_number: Option<usize>,
+    /// Data-parallel student replicas (as `dino train --replicas`; 0: auto, 2 on the cpu).
+    #[arg(long, default_value_t = 0)]
+    pub replicas: usize,
     #[arg(long, default_value_t = 10)]
     pub iters: usize,
     #[arg(long, default_value_t = 2)]
@@ -144,6 +147,7 @@ fn step(a: &StepArgs) -> anyhow::Result<serde_json::Value> {
         clip_grad: cfg.clip_grad,
         freeze_last_layer: false,
     };
+    let replicas = device::replicas(a.replicas, &device);
     let mut phases = Phases::new(a.profile, &ad);
     let mut off = Phases::new(false, &ad);
     let mut start = Instant::now();
@@ -154,7 +158,7 @@ fn step(a: &StepArgs) -> anyhow::Result<serde_json::Value> {
         }
         let crops = Crops { globals: globals.clone(), locals: locals.clone(), ncrops: 2 + n };
         let p = if i >= a.warmup { &mut phases } else { &mut off };
-        let (s, loss) = train_step(state, &mut loss_fn, crops, &step, p);
+        let (s, loss) = train_step(state, &mut loss_fn, crops, &step, Parallelism { replicas, accum_iter: 1 }, p);
         state = s;
         loss.map_err(|v| anyhow::anyhow!("non-finite loss {v} in the benchmark"))?;
     }
@@ -165,7 +169,7 @@ fn step(a: &StepArgs) -> anyhow::Result<serde_json::Value> {
         phases.times.iter().map(|(k, t)| (k.to_string(), json!(t / a.iters as f64))).collect();
     Ok(json!({
         "bench": "step", "impl": "dino-rs", "backend": backend_name(&device),
-        "arch": vit.arch_name(), "batch": b, "global": g, "local": l, "local_crops": n, "out_dim": cfg.out_dim,
+        "arch": vit.arch_name(), "batch": b, "replicas": replicas, "global": g, "local": l, "local_crops": n, "out_dim": cfg.out_dim,
         "iters": a.iters, "seconds_per_step": secs / a.iters as f64,
         "images_per_s": (b * a.iters) as f64 / secs, "profile": profile,
     }))

@@ -85,6 +85,15 @@ pub struct TrainArgs {
     #[arg(long)] pub num_workers: Option<usize>,
     /// auto (a hardware GPU through wgpu, else cpu), wgpu, cpu.
     #[arg(long, value_enum)] pub device: Option<DeviceChoice>,
+    /// Data-parallel student replicas, one thread each: the batch's pictures are split between
+    /// them and their gradients summed (official DDP on one device). 0: auto, i.e. 2 on the cpu
+    /// (Burn's CPU backend runs a small ViT's matrices on one core; 2 keeps a seeded run's numbers
+    /// the same on every machine, raise it on more cores) and 1 on a GPU.
+    #[arg(long)] pub replicas: Option<usize>,
+    /// Gradient accumulation: each step runs N micro-batches of --batch_size_per_gpu pictures
+    /// one after the other and sums their gradients (one optimizer step on N x the batch; the
+    /// lr scaling and the iterations per epoch follow the larger batch). Default 1.
+    #[arg(long)] pub accum_iter: Option<usize>,
     /// Stop after this many iterations in all (smoke tests, benchmarks).
     #[arg(long)] pub max_iters: Option<usize>,
     /// k-NN of the teacher every N epochs (and after the last) into log.txt and loss.png; 0: only
@@ -128,7 +137,7 @@ impl TrainArgs {
             head_hidden_dim, head_bottleneck_dim, momentum_teacher, warmup_teacher_temp, teacher_temp,
             warmup_teacher_temp_epochs, weight_decay, weight_decay_end, clip_grad, batch_size_per_gpu, epochs,
             freeze_last_layer, lr, warmup_epochs, min_lr, local_crops_number, global_crops_size, local_crops_size,
-            output_dir, saveckp_freq, seed, num_workers, device, max_iters, eval_every);
+            output_dir, saveckp_freq, seed, num_workers, device, replicas, accum_iter, max_iters, eval_every);
         cfg.profile |= a.profile;
         cfg.skip_eval |= a.skip_eval;
         if let Some(p) = &a.data_path {
