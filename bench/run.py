@@ -303,7 +303,7 @@ def main():
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
     p.add_argument("--ours_only", action="store_true", help="skip the PyTorch peer (no torch needed)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--device", default="cpu", choices=["cpu", "wgpu", "cuda"],
+    p.add_argument("--device", default="cpu", choices=["cpu", "wgpu"],
                    help="dino-rs device (the peer runs on the CPU)")
     p.add_argument("--train_images", type=int, default=6000)
     p.add_argument("--epochs", type=int, default=3)

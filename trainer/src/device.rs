@@ -1,4 +1,4 @@
-//! `--device`: wgpu (any GPU through Vulkan / Metal / DX12, or CUDA with the `cuda` feature) or
+//! `--device`: wgpu (any GPU through Vulkan / Metal / DX12, NVIDIA ones included) or
 //! cpu (Burn's flex backend). Without a usable GPU adapter we fall back to cpu and say so.
 
 use burn::tensor::Device;
@@ -11,8 +11,6 @@ pub enum DeviceChoice {
     Auto,
     /// wgpu on whatever adapter exists, a software one (Mesa lavapipe) included.
     Wgpu,
-    /// NVIDIA GPU through CUDA (build with `--features cuda`).
-    Cuda,
     /// Burn's flex CPU backend.
     Cpu,
 }
@@ -21,7 +19,6 @@ pub enum DeviceChoice {
 pub fn select(choice: DeviceChoice) -> Device {
     match choice {
         DeviceChoice::Cpu => cpu("--device cpu"),
-        DeviceChoice::Cuda => cuda(),
         DeviceChoice::Wgpu | DeviceChoice::Auto => match Device::wgpu_options().init_with_setup() {
             Ok((device, setup)) => {
                 let info = setup.adapter.get_info();
@@ -56,15 +53,4 @@ pub fn replicas(requested: usize, device: &Device) -> usize {
 fn cpu(why: &str) -> Device {
     eprintln!("device: cpu (flex): {why}");
     Device::flex()
-}
-
-#[cfg(feature = "cuda")]
-fn cuda() -> Device {
-    eprintln!("device: cuda:0");
-    Device::cuda(0)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda() -> Device {
-    cpu("this binary was built without the `cuda` feature")
 }

@@ -115,10 +115,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// "cpu" (flex), "wgpu" or "cuda": what actually runs after any fallback.
+/// "cpu" (flex) or "wgpu": what actually runs after any fallback.
 fn backend_name(device: &Device) -> &'static str {
     let d = format!("{device:?}").to_lowercase();
-    ["cuda", "wgpu", "flex"].into_iter().find(|b| d.contains(b)).map_or("?", |b| if b == "flex" { "cpu" } else { b })
+    ["wgpu", "flex"].into_iter().find(|b| d.contains(b)).map_or("?", |b| if b == "flex" { "cpu" } else { b })
 }
 
 fn step(a: &StepArgs) -> anyhow::Result<serde_json::Value> {
