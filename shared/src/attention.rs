@@ -19,6 +19,10 @@ pub struct Attention {
 }
 
 impl Attention {
+    /// Random init as official (`trunc_normal_(std=.02)` weights, zero biases).
+    ///
+    /// # Panics
+    /// When `num_heads` does not divide `dim` (`VitConfig::validate` rejects such configs first).
     pub fn new(dim: usize, num_heads: usize, device: &Device) -> Self {
         assert_eq!(dim % num_heads, 0, "embed dim {dim} is not divisible by {num_heads} heads");
         Self {
@@ -52,6 +56,7 @@ impl Attention {
         (self.proj.forward(out), attn)
     }
 
+    /// `x`: [B, N, C] -> [B, N, C] (official `Attention.forward`'s first output).
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         self.forward_with_attention(x).0
     }

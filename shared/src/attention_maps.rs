@@ -33,6 +33,7 @@ impl AttentionMaps {
         Self { heads, grid_h, grid_w, values }
     }
 
+    /// Head `j`'s map, [grid_h, grid_w] row-major. Panics when `j >= heads`.
     pub fn head(&self, j: usize) -> &[f32] {
         let n = self.grid_h * self.grid_w;
         &self.values[j * n..(j + 1) * n]

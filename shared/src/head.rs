@@ -39,6 +39,7 @@ impl WeightNormLinear {
         v * (self.weight_g.val() / norm)
     }
 
+    /// [B, in] -> [B, out] (no bias, as official).
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         x.matmul(self.weight().transpose())
     }
@@ -57,6 +58,8 @@ pub struct DinoHead {
 }
 
 impl DinoHead {
+    /// Random init as official `DINOHead._init_weights` (trunc normal std 0.02, zero biases;
+    /// the last layer: torch's default Linear init under weight norm, g = 1).
     pub fn new(config: &HeadConfig, device: &Device) -> Self {
         let nlayers = config.nlayers.max(1);
         let mut dims = vec![config.in_dim];
@@ -70,6 +73,7 @@ impl DinoHead {
         }
     }
 
+    /// The configuration the head was built with.
     pub fn config(&self) -> &HeadConfig {
         &self.config
     }

@@ -42,6 +42,7 @@ pub struct Mlp {
 }
 
 impl Mlp {
+    /// [B, N, C] -> [B, N, C].
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         self.fc2.forward(gelu(self.fc1.forward(x)))
     }
@@ -71,6 +72,7 @@ pub struct Block {
 }
 
 impl Block {
+    /// A block of `config`'s width and heads with stochastic depth rate `drop_path`.
     pub fn new(config: &VitConfig, drop_path: f64, device: &Device) -> Self {
         let dim = config.embed_dim;
         Self {
@@ -85,6 +87,7 @@ impl Block {
         }
     }
 
+    /// [B, N, C] -> [B, N, C] (official `Block.forward`).
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         self.forward_with_attention(x).0
     }
@@ -114,6 +117,12 @@ pub struct VisionTransformer {
 }
 
 impl VisionTransformer {
+    /// Random init as official `VisionTransformer.__init__` (trunc normal std 0.02 for the
+    /// position embedding, CLS token and Linear weights; torch's default Conv2d init for the
+    /// patch embedding; drop-path rates rising linearly over the blocks).
+    ///
+    /// # Panics
+    /// When `img_size` is not a multiple of the patch size (`VitConfig::validate` rejects it first).
     pub fn new(config: &VitConfig, device: &Device) -> Self {
         let dim = config.embed_dim;
         let p = config.patch_size;
@@ -137,6 +146,7 @@ impl VisionTransformer {
         }
     }
 
+    /// The configuration the model was built with (or read from a weights file).
     pub fn config(&self) -> &VitConfig {
         &self.config
     }
@@ -153,7 +163,7 @@ impl VisionTransformer {
         x + interpolate_pos_encoding(self.pos_embed.val(), gh, gw)
     }
 
-    /// The normalised CLS token: [B, dim].
+    /// The normalised CLS token: [B, dim] (official `VisionTransformer.forward`, `x[:, 0]`).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = self.prepare_tokens(x);
         for block in &self.blocks {
@@ -163,7 +173,8 @@ impl VisionTransformer {
         self.norm.forward(x).narrow(1, 0, 1).reshape([b, d])
     }
 
-    /// Softmaxed attention of the last block: [B, heads, N+1, N+1] (CLS first).
+    /// Softmaxed attention of the last block: [B, heads, N+1, N+1] (CLS first); official
+    /// `get_last_selfattention`.
     pub fn last_selfattention(&self, x: Tensor<4>) -> Tensor<4> {
         self.forward_with_last_attention(x).1
     }
@@ -180,7 +191,8 @@ impl VisionTransformer {
         (self.norm.forward(x).narrow(1, 0, 1).reshape([b, d]), attn)
     }
 
-    /// Normalised token outputs of the last `n` blocks, earliest first: each [B, N+1, dim].
+    /// Normalised token outputs of the last `n` blocks, earliest first: each [B, N+1, dim];
+    /// official `get_intermediate_layers` (what `eval_linear.py` concatenates the CLS of).
     pub fn intermediate_layers(&self, x: Tensor<4>, n: usize) -> Vec<Tensor<3>> {
         let mut x = self.prepare_tokens(x);
         let depth = self.blocks.len();
