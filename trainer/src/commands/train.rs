@@ -6,110 +6,112 @@ use crate::config::{Preset, TrainConfig};
 use crate::device::DeviceChoice;
 use crate::train::{format_knn, top1s, train};
 
-#[derive(clap::Args, Debug, Default)]
+/// The flags of `dino train`. Every setting flag is a key of [`TrainConfig`] under the same
+/// name: the flags given are serialised to a table and laid over the preset and the `--config`
+/// file, and the result is read back as a `TrainConfig`, which rejects unknown keys (so no flag
+/// can be silently ignored; `every_setting_flag_is_a_config_key` checks the names).
+#[derive(clap::Args, Debug, Default, serde::Serialize)]
 #[command(rename_all = "snake_case")]
 pub struct TrainArgs {
     /// TOML file with any of the settings below (flags given here win).
     #[arg(long)]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Starting values: small (28 px, the default without --data_path), tiny-imagenet, imagenet.
     #[arg(long, value_enum)]
+    #[serde(skip)]
     pub preset: Option<Preset>,
     /// vit_tiny, vit_small, vit_base (official, 64-dim heads) or custom (--embed_dim --depth --num_heads).
-    #[arg(long)] pub arch: Option<String>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub arch: Option<String>,
     /// Side of the square patches in pixels (official 16; 8 gives finer maps at 4x the cost).
-    #[arg(long)] pub patch_size: Option<usize>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub patch_size: Option<usize>,
     /// Dimensionality of the DINO head output K (official 65536; smaller for small data).
-    #[arg(long)] pub out_dim: Option<usize>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub out_dim: Option<usize>,
     /// Weight-normalise the head's last layer with a fixed norm (official true; false learns better but can be less stable).
-    #[arg(long)] pub norm_last_layer: Option<bool>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub norm_last_layer: Option<bool>,
     /// Stochastic depth rate of the student (official 0.1).
-    #[arg(long)] pub drop_path_rate: Option<f64>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub drop_path_rate: Option<f64>,
     /// Width of a custom ViT (--arch custom).
-    #[arg(long)] pub embed_dim: Option<usize>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub embed_dim: Option<usize>,
     /// Blocks of a custom ViT (--arch custom).
-    #[arg(long)] pub depth: Option<usize>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub depth: Option<usize>,
     /// Attention heads of a custom ViT; must divide --embed_dim.
-    #[arg(long)] pub num_heads: Option<usize>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub num_heads: Option<usize>,
     /// Hidden width of the DINO head MLP (official 2048).
-    #[arg(long)] pub head_hidden_dim: Option<usize>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub head_hidden_dim: Option<usize>,
     /// Bottleneck width of the DINO head (official 256).
-    #[arg(long)] pub head_bottleneck_dim: Option<usize>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub head_bottleneck_dim: Option<usize>,
     /// Base EMA momentum of the teacher, raised to 1 by a cosine (official 0.996; lower, e.g. 0.99, for short runs and small batches).
-    #[arg(long)] pub momentum_teacher: Option<f64>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub momentum_teacher: Option<f64>,
     /// Teacher temperature at the start of its warm-up (official 0.04; lower it if the loss does not fall).
-    #[arg(long)] pub warmup_teacher_temp: Option<f64>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub warmup_teacher_temp: Option<f64>,
     /// Teacher temperature after the warm-up (official 0.04; above 0.07 is unstable).
-    #[arg(long)] pub teacher_temp: Option<f64>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub teacher_temp: Option<f64>,
     /// Epochs of linear teacher-temperature warm-up (official 0 here; 30 in the paper's long runs).
-    #[arg(long)] pub warmup_teacher_temp_epochs: Option<usize>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub warmup_teacher_temp_epochs: Option<usize>,
     /// Initial AdamW weight decay (official 0.04), cosine to --weight_decay_end.
-    #[arg(long)] pub weight_decay: Option<f64>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub weight_decay: Option<f64>,
     /// Final weight decay (official 0.4).
-    #[arg(long)] pub weight_decay_end: Option<f64>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub weight_decay_end: Option<f64>,
     /// Per-tensor gradient norm clipping (official 3.0; 0 disables).
-    #[arg(long)] pub clip_grad: Option<f64>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub clip_grad: Option<f64>,
     /// Pictures per step (official 64 per GPU).
-    #[arg(long)] pub batch_size_per_gpu: Option<usize>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub batch_size_per_gpu: Option<usize>,
     /// Passes over the training pictures (official 100).
-    #[arg(long)] pub epochs: Option<usize>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub epochs: Option<usize>,
     /// Epochs during which the head's last layer is not updated (official 1).
-    #[arg(long)] pub freeze_last_layer: Option<usize>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub freeze_last_layer: Option<usize>,
     /// Peak learning rate at batch 256, scaled linearly by batch / 256 (official 0.0005).
-    #[arg(long)] pub lr: Option<f64>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub lr: Option<f64>,
     /// Epochs of linear learning-rate warm-up (official 10).
-    #[arg(long)] pub warmup_epochs: Option<usize>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub warmup_epochs: Option<usize>,
     /// Final learning rate of the cosine schedule (official 1e-6).
-    #[arg(long)] pub min_lr: Option<f64>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub min_lr: Option<f64>,
     /// Area range (min max) of the two global crops, as fractions of the picture (official 0.4 1.0).
-    #[arg(long, num_args = 2)] pub global_crops_scale: Option<Vec<f64>>,
+    #[arg(long, num_args = 2)] #[serde(skip_serializing_if = "Option::is_none")] pub global_crops_scale: Option<Vec<f64>>,
     /// Number of small local crops (official 8; 0 disables multi-crop).
-    #[arg(long)] pub local_crops_number: Option<usize>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub local_crops_number: Option<usize>,
     /// Area range (min max) of the local crops (official 0.05 0.4).
-    #[arg(long, num_args = 2)] pub local_crops_scale: Option<Vec<f64>>,
+    #[arg(long, num_args = 2)] #[serde(skip_serializing_if = "Option::is_none")] pub local_crops_scale: Option<Vec<f64>>,
     /// Side of the global crops in pixels (official 224).
-    #[arg(long)] pub global_crops_size: Option<usize>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub global_crops_size: Option<usize>,
     /// Side of the local crops in pixels (official 96).
-    #[arg(long)] pub local_crops_size: Option<usize>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub local_crops_size: Option<usize>,
     /// Gaussian blur radius range in pixels (official 0.1 2.0, for 224 / 96 px crops; scale it with the crop size).
-    #[arg(long, num_args = 2)] pub blur_radius: Option<Vec<f64>>,
+    #[arg(long, num_args = 2)] #[serde(skip_serializing_if = "Option::is_none")] pub blur_radius: Option<Vec<f64>>,
     /// Image folder, Tiny-ImageNet root or IDX file/folder; default: the embedded subset.
-    #[arg(long)] pub data_path: Option<PathBuf>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub data_path: Option<PathBuf>,
     /// Where checkpoints, log.txt, loss.png, eval.json and maps go; a run there resumes.
-    #[arg(long)] pub output_dir: Option<PathBuf>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub output_dir: Option<PathBuf>,
     /// Also keep checkpoint{epoch:04}.safetensors every N epochs (0: never).
-    #[arg(long)] pub saveckp_freq: Option<usize>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub saveckp_freq: Option<usize>,
     /// Seed of the initialisation, the crops and drop-path (a seeded run is reproducible).
-    #[arg(long)] pub seed: Option<u64>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub seed: Option<u64>,
     /// Threads making the multi-crop batches.
-    #[arg(long)] pub num_workers: Option<usize>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub num_workers: Option<usize>,
     /// auto (a hardware GPU through wgpu, else cpu), wgpu, cpu.
-    #[arg(long, value_enum)] pub device: Option<DeviceChoice>,
+    #[arg(long, value_enum)] #[serde(skip_serializing_if = "Option::is_none")] pub device: Option<DeviceChoice>,
     /// Data-parallel student replicas, one thread each: the batch's pictures are split between
     /// them and their gradients summed (official DDP on one device). 0: auto, i.e. 2 on the cpu
     /// (Burn's CPU backend runs a small ViT's matrices on one core; 2 keeps a seeded run's numbers
     /// the same on every machine, raise it on more cores) and 1 on a GPU.
-    #[arg(long)] pub replicas: Option<usize>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub replicas: Option<usize>,
     /// Gradient accumulation: each step runs N micro-batches of --batch_size_per_gpu pictures
     /// one after the other and sums their gradients (one optimizer step on N x the batch; the
     /// lr scaling and the iterations per epoch follow the larger batch). Default 1.
-    #[arg(long)] pub accum_iter: Option<usize>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub accum_iter: Option<usize>,
     /// Stop after this many iterations in all (smoke tests, benchmarks).
-    #[arg(long)] pub max_iters: Option<usize>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub max_iters: Option<usize>,
     /// k-NN of the teacher every N epochs (and after the last) into log.txt and loss.png; 0: only
     /// the floor (initial teacher) and the final evaluation.
-    #[arg(long)] pub eval_every: Option<usize>,
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub eval_every: Option<usize>,
     /// Skip every k-NN evaluation (the floor included) and the attention maps.
-    #[arg(long)] pub skip_eval: bool,
+    #[arg(long)] #[serde(skip)] pub skip_eval: bool,
     /// Print the resolved configuration (preset, then --config, then flags) as JSON and exit;
     /// `bench/peer.py train --dino_config` reads it, so both sides run the same settings.
-    #[arg(long)] pub print_config: bool,
+    #[arg(long)] #[serde(skip)] pub print_config: bool,
     /// Time every phase of a step (waits for the device after each: slower, for profiling).
-    #[arg(long)] pub profile: bool,
-}
-
-macro_rules! override_fields {
-    ($cfg:ident, $args:ident, $($f:ident),*) => { $( if let Some(v) = $args.$f.clone() { $cfg.$f = v; } )* };
+    #[arg(long)] #[serde(skip)] pub profile: bool,
 }
 
 impl TrainArgs {
@@ -132,26 +134,13 @@ impl TrainArgs {
             table.extend(file);
             cfg = table.try_into().map_err(|e| bad(&e))?;
         }
-        let a = self;
-        override_fields!(cfg, a, arch, patch_size, out_dim, norm_last_layer, drop_path_rate, embed_dim, depth, num_heads,
-            head_hidden_dim, head_bottleneck_dim, momentum_teacher, warmup_teacher_temp, teacher_temp,
-            warmup_teacher_temp_epochs, weight_decay, weight_decay_end, clip_grad, batch_size_per_gpu, epochs,
-            freeze_last_layer, lr, warmup_epochs, min_lr, local_crops_number, global_crops_size, local_crops_size,
-            output_dir, saveckp_freq, seed, num_workers, device, replicas, accum_iter, max_iters, eval_every);
-        cfg.profile |= a.profile;
-        cfg.skip_eval |= a.skip_eval;
-        if let Some(p) = &a.data_path {
-            cfg.data_path = Some(p.clone());
-        }
-        if let Some(s) = &a.global_crops_scale {
-            cfg.global_crops_scale = (s[0], s[1]);
-        }
-        if let Some(s) = &a.local_crops_scale {
-            cfg.local_crops_scale = (s[0], s[1]);
-        }
-        if let Some(s) = &a.blur_radius {
-            cfg.blur_radius = (s[0], s[1]);
-        }
+        // The flags given, over the preset and the file: same keys, same types.
+        let mut table: toml::Table = toml::to_string(&cfg)?.parse()?;
+        table.extend(toml::Table::try_from(self)?);
+        let mut cfg: TrainConfig =
+            table.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")))?;
+        cfg.profile |= self.profile;
+        cfg.skip_eval |= self.skip_eval;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -228,5 +217,44 @@ mod tests {
         std::fs::write(&file, "no_such_flag = 1\n").unwrap();
         let err = TrainArgs { config: Some(file), ..Default::default() }.resolve().unwrap_err().to_string();
         assert!(err.contains("no_such_flag"), "{err}");
+    }
+
+    use clap::{Args, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        train: TrainArgs,
+    }
+
+    /// A flag whose name is not a `TrainConfig` key would be refused at run time only when
+    /// given; this checks every flag once.
+    #[test]
+    fn every_setting_flag_is_a_config_key() {
+        let keys = serde_json::to_value(TrainConfig::default()).unwrap();
+        let keys = keys.as_object().unwrap();
+        let cmd = TrainArgs::augment_args(clap::Command::new("train"));
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if !["config", "preset", "print_config", "help"].contains(&id) {
+                assert!(keys.contains_key(id), "--{id} is not a TrainConfig key");
+            }
+        }
+    }
+
+    /// Flags of every kind (number, bool, pair, enum, path) reach the configuration, over the
+    /// preset; flags not given keep the preset's values.
+    #[test]
+    fn flags_override_the_preset() {
+        let cli = Cli::try_parse_from([
+            "dino", "--lr", "0.01", "--norm_last_layer", "true", "--blur_radius", "0.5", "1.5", "--global_crops_scale",
+            "0.3", "1.0", "--device", "cpu", "--output_dir", "runs/x", "--accum_iter", "2", "--seed", "7",
+        ])
+        .unwrap();
+        let cfg = cli.train.resolve().unwrap();
+        let small = Preset::Small.config();
+        assert_eq!((cfg.lr, cfg.norm_last_layer, cfg.blur_radius, cfg.global_crops_scale), (0.01, true, (0.5, 1.5), (0.3, 1.0)));
+        assert_eq!((cfg.device, cfg.output_dir.clone(), cfg.accum_iter, cfg.seed), (DeviceChoice::Cpu, PathBuf::from("runs/x"), 2, 7));
+        assert_eq!((cfg.batch_size_per_gpu, cfg.epochs, cfg.out_dim), (small.batch_size_per_gpu, small.epochs, small.out_dim));
     }
 }
