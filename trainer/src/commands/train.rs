@@ -93,8 +93,8 @@ pub struct TrainArgs {
     #[arg(long, value_enum)] #[serde(skip_serializing_if = "Option::is_none")] pub device: Option<DeviceChoice>,
     /// Data-parallel student replicas, one thread each: the batch's pictures are split between
     /// them and their gradients summed (official DDP on one device). 0: auto, i.e. 2 on the cpu
-    /// (Burn's CPU backend runs a small ViT's matrices on one core; 2 keeps a seeded run's numbers
-    /// the same on every machine, raise it on more cores) and 1 on a GPU.
+    /// (Burn's CPU backend runs a small ViT's matrices on one core; a fixed 2 keeps a seeded run's
+    /// numbers independent of the number of cores; raise it on more cores) and 1 on a GPU.
     #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub replicas: Option<usize>,
     /// Gradient accumulation: each step runs N micro-batches of --batch_size_per_gpu pictures
     /// one after the other and sums their gradients (one optimizer step on N x the batch; the
