@@ -69,12 +69,15 @@ class Runner:
     def __init__(self, args):
         self.args = args
         self.env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
-        log("building dino (cargo build -p dino-trainer: the same dev profile as `cargo run`, dependencies at "
-            "opt-level 3 without overflow checks)")
-        subprocess.run(["cargo", "build", "-q", "-p", "dino-trainer"], cwd=REPO, check=True)
-        meta = json.loads(subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"], cwd=REPO,
-                                         check=True, capture_output=True, text=True).stdout)
-        self.dino = os.path.join(meta["target_directory"], "debug", "dino")
+        if args.dino:
+            self.dino = os.path.abspath(args.dino)
+        else:
+            log("building dino (cargo build -p dino-trainer: the same dev profile as `cargo run`, dependencies at "
+                "opt-level 3 without overflow checks)")
+            subprocess.run(["cargo", "build", "-q", "-p", "dino-trainer"], cwd=REPO, check=True)
+            meta = json.loads(subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"], cwd=REPO,
+                                             check=True, capture_output=True, text=True).stdout)
+            self.dino = os.path.join(meta["target_directory"], "debug", "dino")
         self.py = None if args.ours_only else peer_python()
 
     def run(self, cmd, what):
@@ -312,6 +315,8 @@ def main():
     # A probe of a few thousand pictures gets ~1000 steps: the same lr would barely move it.
     p.add_argument("--linear_lr", type=float, default=0.05)
     p.add_argument("--out", default=os.path.join(REPO, "bench", "results"))
+    p.add_argument("--dino", help="the dino binary to measure (default: build it with cargo, dev profile as `cargo "
+                                  "run`); a copy keeps a long run independent of rebuilds meanwhile")
     a = p.parse_args()
     r = Runner(a)
     started = datetime.datetime.now(datetime.timezone.utc)
