@@ -9,64 +9,148 @@ use crate::augment::MultiCrop;
 use crate::device::DeviceChoice;
 use dino_shared::{HeadConfig, VitConfig};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Every setting of `dino train`, declared once: each field is a key of the TOML file given by
+/// `--config`, a flag of the same name (its doc comment is the flag's help) and a key of
+/// `--print_config`'s JSON. Values come from a [`Preset`], then the file, then the flags given
+/// (`commands/train.rs`: clap's `update_from_arg_matches` sets only the flags present).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
+#[command(rename_all = "snake_case")]
 pub struct TrainConfig {
     // Model (official names).
+    /// vit_tiny, vit_small, vit_base (official, 64-dim heads) or custom (--embed_dim --depth --num_heads); official vit_small.
+    #[arg(long)]
     pub arch: String,
+    /// Side of the square patches in pixels (official 16; 8 gives finer maps at 4x the cost).
+    #[arg(long)]
     pub patch_size: usize,
+    /// Dimensionality K of the DINO head output (official 65536; smaller for small data).
+    #[arg(long)]
     pub out_dim: usize,
+    /// Weight-normalise the head's last layer with a fixed norm: true or false (official true; false learns better but can be less stable).
+    #[arg(long, action = clap::ArgAction::Set)]
     pub norm_last_layer: bool,
+    /// Stochastic depth rate of the student (official 0.1).
+    #[arg(long)]
     pub drop_path_rate: f64,
-    /// Free architecture for small images (used when `arch` is `custom`).
+    /// Width of a custom ViT (--arch custom).
+    #[arg(long)]
     pub embed_dim: usize,
+    /// Blocks of a custom ViT (--arch custom).
+    #[arg(long)]
     pub depth: usize,
+    /// Attention heads of a custom ViT; must divide --embed_dim.
+    #[arg(long)]
     pub num_heads: usize,
+    /// Hidden width of the DINO head MLP (official 2048).
+    #[arg(long)]
     pub head_hidden_dim: usize,
+    /// Bottleneck width of the DINO head (official 256).
+    #[arg(long)]
     pub head_bottleneck_dim: usize,
     // Teacher and loss.
+    /// Base EMA momentum of the teacher, raised to 1 by a cosine (official 0.996; lower, e.g. 0.99, for short runs and small batches).
+    #[arg(long)]
     pub momentum_teacher: f64,
+    /// Teacher temperature at the start of its warm-up (official 0.04; lower it if the loss does not fall).
+    #[arg(long)]
     pub warmup_teacher_temp: f64,
+    /// Teacher temperature after the warm-up (official 0.04; above 0.07 is unstable).
+    #[arg(long)]
     pub teacher_temp: f64,
+    /// Epochs of linear teacher-temperature warm-up (official 0 here; 30 in the paper's long runs).
+    #[arg(long)]
     pub warmup_teacher_temp_epochs: usize,
     // Optimisation.
+    /// Initial AdamW weight decay (official 0.04), cosine to --weight_decay_end.
+    #[arg(long)]
     pub weight_decay: f64,
+    /// Final weight decay (official 0.4).
+    #[arg(long)]
     pub weight_decay_end: f64,
+    /// Per-tensor gradient norm clipping (official 3.0; 0 disables).
+    #[arg(long)]
     pub clip_grad: f64,
+    /// Pictures per micro-batch (official 64 per GPU); a step takes --accum_iter of them.
+    #[arg(long)]
     pub batch_size_per_gpu: usize,
+    /// Passes over the training pictures (official 100).
+    #[arg(long)]
     pub epochs: usize,
+    /// Epochs during which the head's last layer is not updated (official 1).
+    #[arg(long)]
     pub freeze_last_layer: usize,
+    /// Peak learning rate at batch 256, scaled linearly by the step's batch / 256 (official 0.0005).
+    #[arg(long)]
     pub lr: f64,
+    /// Epochs of linear learning-rate warm-up (official 10).
+    #[arg(long)]
     pub warmup_epochs: usize,
+    /// Final learning rate of the cosine schedule (official 1e-6).
+    #[arg(long)]
     pub min_lr: f64,
     // Multi-crop.
-    pub global_crops_scale: (f64, f64),
+    /// Area range (min max) of the two global crops, as fractions of the picture (official 0.4 1.0).
+    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"])]
+    pub global_crops_scale: Vec<f64>,
+    /// Number of small local crops (official 8; 0 disables multi-crop).
+    #[arg(long)]
     pub local_crops_number: usize,
-    pub local_crops_scale: (f64, f64),
+    /// Area range (min max) of the local crops (official 0.05 0.4).
+    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"])]
+    pub local_crops_scale: Vec<f64>,
+    /// Side of the global crops in pixels (official 224).
+    #[arg(long)]
     pub global_crops_size: usize,
+    /// Side of the local crops in pixels (official 96).
+    #[arg(long)]
     pub local_crops_size: usize,
-    /// Gaussian blur radius range in pixels (official 0.1 2.0, made for 224 / 96 px crops).
-    pub blur_radius: (f64, f64),
+    /// Gaussian blur radius range (min max) in pixels (official 0.1 2.0, made for 224 / 96 px crops).
+    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"])]
+    pub blur_radius: Vec<f64>,
     // Run.
+    /// Image folder, Tiny-ImageNet root or IDX file/folder; default: the embedded subset.
+    #[arg(long)]
     pub data_path: Option<PathBuf>,
+    /// Where checkpoints, log.txt, loss.png, eval.json and maps go; a run there resumes.
+    #[arg(long)]
     pub output_dir: PathBuf,
+    /// Also keep checkpoint{epoch:04}.safetensors every N epochs (0: never).
+    #[arg(long)]
     pub saveckp_freq: usize,
+    /// Seed of the initialisation, the crops and drop-path (a seeded run is reproducible).
+    #[arg(long)]
     pub seed: u64,
+    /// Threads making the multi-crop batches.
+    #[arg(long)]
     pub num_workers: usize,
+    /// Where the model trains.
+    #[arg(long, value_enum)]
     pub device: DeviceChoice,
-    /// Data-parallel student replicas on the device, one thread each (0: auto, 2 on the cpu, 1 on
-    /// a GPU); see `step.rs`.
+    /// Data-parallel student replicas, one thread each: the batch's pictures are split between
+    /// them and their gradients summed (official DDP on one device; see `step.rs`). 0: auto, i.e.
+    /// 2 on the cpu (Burn's CPU backend runs a small ViT's matrices on one core; a fixed 2 keeps a
+    /// seeded run's numbers independent of the number of cores; raise it on more cores) and 1 on
+    /// a GPU.
+    #[arg(long)]
     pub replicas: usize,
-    /// Gradient accumulation: micro-batches per step, the batch of a step being
-    /// `batch_size_per_gpu x accum_iter` (the lr scales with it).
+    /// Gradient accumulation: each step runs N micro-batches of --batch_size_per_gpu pictures one
+    /// after the other and sums their gradients (one optimizer step on N x the batch; the lr
+    /// scaling and the iterations per epoch follow the larger batch). Default 1.
+    #[arg(long)]
     pub accum_iter: usize,
-    /// Stop after this many iterations in total (0: no limit); for smoke tests and benchmarks.
+    /// Stop after this many iterations in all (0: no limit); for smoke tests and benchmarks.
+    #[arg(long)]
     pub max_iters: usize,
-    /// Print the time of every phase of a step after each epoch.
+    /// Time every phase of a step (waits for the device after each: slower, for profiling).
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub profile: bool,
-    /// k-NN of the teacher every this many epochs during training (0: floor and end only).
+    /// k-NN of the teacher every N epochs (and after the last) into log.txt and loss.png; 0: only
+    /// the floor (initial teacher) and the final evaluation.
+    #[arg(long)]
     pub eval_every: usize,
-    /// No k-NN evaluation at all (nor the floor, nor the attention maps after training).
+    /// Skip every k-NN evaluation (the floor included) and the attention maps after training.
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub skip_eval: bool,
 }
 
@@ -97,12 +181,12 @@ impl Default for TrainConfig {
             lr: 0.0005,
             warmup_epochs: 10,
             min_lr: 1e-6,
-            global_crops_scale: (0.4, 1.0),
+            global_crops_scale: vec![0.4, 1.0],
             local_crops_number: 8,
-            local_crops_scale: (0.05, 0.4),
+            local_crops_scale: vec![0.05, 0.4],
             global_crops_size: 224,
             local_crops_size: 96,
-            blur_radius: crate::augment::official_blur_radius(),
+            blur_radius: { let (lo, hi) = crate::augment::official_blur_radius(); vec![lo, hi] },
             data_path: None,
             output_dir: PathBuf::from("."),
             saveckp_freq: 20,
@@ -227,20 +311,22 @@ impl TrainConfig {
         }
     }
 
+    /// The multi-crop recipe; `validate` has checked that each range holds two values.
     pub fn multicrop(&self) -> MultiCrop {
+        let pair = |v: &[f64]| (v.first().copied().unwrap_or(f64::NAN), v.get(1).copied().unwrap_or(f64::NAN));
         // Official: without local crops, the global crops take the wider scale (0.14, 1).
-        let global_crops_scale = if self.local_crops_number == 0 && self.global_crops_scale == (0.4, 1.0) {
+        let global_crops_scale = if self.local_crops_number == 0 && self.global_crops_scale == [0.4, 1.0] {
             (0.14, 1.0)
         } else {
-            self.global_crops_scale
+            pair(&self.global_crops_scale)
         };
         MultiCrop {
             global_size: self.global_crops_size,
             local_size: self.local_crops_size,
             global_crops_scale,
-            local_crops_scale: self.local_crops_scale,
+            local_crops_scale: pair(&self.local_crops_scale),
             local_crops_number: self.local_crops_number,
-            blur_radius: self.blur_radius,
+            blur_radius: pair(&self.blur_radius),
         }
     }
 
@@ -275,10 +361,14 @@ impl TrainConfig {
         ensure!(self.head_hidden_dim > 0 && self.head_bottleneck_dim > 0, "--head_hidden_dim and --head_bottleneck_dim must be at least 1");
         ensure!(self.global_crops_size > 0 && self.local_crops_size > 0, "--global_crops_size and --local_crops_size must be at least 1");
         ensure!(self.num_workers > 0, "--num_workers must be at least 1");
+        for (flag, v) in [("--global_crops_scale", &self.global_crops_scale), ("--local_crops_scale", &self.local_crops_scale), ("--blur_radius", &self.blur_radius)] {
+            ensure!(v.len() == 2, "{flag} takes two numbers (min max), got {}", v.len());
+        }
+        let crops = self.multicrop();
         let ok = |s: (f64, f64)| 0.0 < s.0 && s.0 <= s.1 && s.1 <= 1.0;
-        ensure!(ok(self.global_crops_scale), "--global_crops_scale must satisfy 0 < min <= max <= 1");
-        ensure!(ok(self.local_crops_scale), "--local_crops_scale must satisfy 0 < min <= max <= 1");
-        let (b0, b1) = self.blur_radius;
+        ensure!(ok(crops.global_crops_scale), "--global_crops_scale must satisfy 0 < min <= max <= 1");
+        ensure!(ok(crops.local_crops_scale), "--local_crops_scale must satisfy 0 < min <= max <= 1");
+        let (b0, b1) = crops.blur_radius;
         ensure!(b0.is_finite() && b1.is_finite() && 0.0 <= b0 && b0 <= b1 && b1 <= 64.0, "--blur_radius must satisfy 0 <= min <= max <= 64 (pixels)");
         let vit = self.vit()?;
         self.head(vit.embed_dim).validate().map_err(|e| anyhow::anyhow!("head: {e} (--out_dim, --head_hidden_dim, --head_bottleneck_dim)"))?;

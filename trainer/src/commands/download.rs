@@ -19,8 +19,10 @@ pub enum Which {
 #[derive(clap::Args, Debug)]
 #[command(rename_all = "snake_case")]
 pub struct DownloadArgs {
+    /// The dataset to fetch.
     #[arg(value_enum)]
     pub dataset: Which,
+    /// Folder to unpack into (the zip is kept there while downloading, so a stopped download resumes).
     #[arg(long)]
     pub output_dir: PathBuf,
     /// Another address for the same zip (a mirror).
@@ -29,6 +31,7 @@ pub struct DownloadArgs {
     /// Expected MD5 of the zip (default: the official one); ignored when --sha256 is given.
     #[arg(long, default_value = TINY_IMAGENET_MD5)]
     pub md5: String,
+    /// Expected SHA-256 of the zip instead of the MD5 (hex).
     #[arg(long)]
     pub sha256: Option<String>,
 }

@@ -20,6 +20,7 @@ pub enum Precision {
 pub struct ExportArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// The safetensors file to write (atomically: a stopped export leaves no partial file).
     #[arg(long)]
     pub output: PathBuf,
     /// f16 halves the file; the attention maps stay within 1e-3 of f32.

@@ -3,126 +3,74 @@
 use std::path::PathBuf;
 
 use crate::config::{Preset, TrainConfig};
-use crate::device::DeviceChoice;
 use crate::train::{format_knn, top1s, train};
 
-/// The flags of `dino train`. Every setting flag is a key of [`TrainConfig`] under the same
-/// name: the flags given are serialised to a table and laid over the preset and the `--config`
-/// file, and the result is read back as a `TrainConfig`, which rejects unknown keys (so no flag
-/// can be silently ignored; `every_setting_flag_is_a_config_key` checks the names).
-#[derive(clap::Args, Debug, Default, serde::Serialize)]
-#[command(rename_all = "snake_case")]
+/// The flags of `dino train`: the run-only ones below, and one flag per [`TrainConfig`] field
+/// (declared there, with its help). The flags given are laid over the preset and the `--config`
+/// file by clap's `update_from_arg_matches`, which sets only the settings present on the
+/// command line.
+#[derive(Debug, Clone)]
 pub struct TrainArgs {
+    pub run: RunArgs,
+    /// What the command line held, read once the preset and the file are known.
+    matches: clap::ArgMatches,
+}
+
+/// The flags of `dino train` that are not settings of the run.
+#[derive(clap::Args, Debug, Clone, Default)]
+#[command(rename_all = "snake_case")]
+pub struct RunArgs {
     /// TOML file with any of the settings below (flags given here win).
     #[arg(long)]
-    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Starting values: small (28 px, the default without --data_path), tiny-imagenet, imagenet.
     #[arg(long, value_enum)]
-    #[serde(skip)]
     pub preset: Option<Preset>,
-    /// vit_tiny, vit_small, vit_base (official, 64-dim heads) or custom (--embed_dim --depth --num_heads).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub arch: Option<String>,
-    /// Side of the square patches in pixels (official 16; 8 gives finer maps at 4x the cost).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub patch_size: Option<usize>,
-    /// Dimensionality of the DINO head output K (official 65536; smaller for small data).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub out_dim: Option<usize>,
-    /// Weight-normalise the head's last layer with a fixed norm (official true; false learns better but can be less stable).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub norm_last_layer: Option<bool>,
-    /// Stochastic depth rate of the student (official 0.1).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub drop_path_rate: Option<f64>,
-    /// Width of a custom ViT (--arch custom).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub embed_dim: Option<usize>,
-    /// Blocks of a custom ViT (--arch custom).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub depth: Option<usize>,
-    /// Attention heads of a custom ViT; must divide --embed_dim.
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub num_heads: Option<usize>,
-    /// Hidden width of the DINO head MLP (official 2048).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub head_hidden_dim: Option<usize>,
-    /// Bottleneck width of the DINO head (official 256).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub head_bottleneck_dim: Option<usize>,
-    /// Base EMA momentum of the teacher, raised to 1 by a cosine (official 0.996; lower, e.g. 0.99, for short runs and small batches).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub momentum_teacher: Option<f64>,
-    /// Teacher temperature at the start of its warm-up (official 0.04; lower it if the loss does not fall).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub warmup_teacher_temp: Option<f64>,
-    /// Teacher temperature after the warm-up (official 0.04; above 0.07 is unstable).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub teacher_temp: Option<f64>,
-    /// Epochs of linear teacher-temperature warm-up (official 0 here; 30 in the paper's long runs).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub warmup_teacher_temp_epochs: Option<usize>,
-    /// Initial AdamW weight decay (official 0.04), cosine to --weight_decay_end.
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub weight_decay: Option<f64>,
-    /// Final weight decay (official 0.4).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub weight_decay_end: Option<f64>,
-    /// Per-tensor gradient norm clipping (official 3.0; 0 disables).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub clip_grad: Option<f64>,
-    /// Pictures per step (official 64 per GPU).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub batch_size_per_gpu: Option<usize>,
-    /// Passes over the training pictures (official 100).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub epochs: Option<usize>,
-    /// Epochs during which the head's last layer is not updated (official 1).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub freeze_last_layer: Option<usize>,
-    /// Peak learning rate at batch 256, scaled linearly by batch / 256 (official 0.0005).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub lr: Option<f64>,
-    /// Epochs of linear learning-rate warm-up (official 10).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub warmup_epochs: Option<usize>,
-    /// Final learning rate of the cosine schedule (official 1e-6).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub min_lr: Option<f64>,
-    /// Area range (min max) of the two global crops, as fractions of the picture (official 0.4 1.0).
-    #[arg(long, num_args = 2)] #[serde(skip_serializing_if = "Option::is_none")] pub global_crops_scale: Option<Vec<f64>>,
-    /// Number of small local crops (official 8; 0 disables multi-crop).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub local_crops_number: Option<usize>,
-    /// Area range (min max) of the local crops (official 0.05 0.4).
-    #[arg(long, num_args = 2)] #[serde(skip_serializing_if = "Option::is_none")] pub local_crops_scale: Option<Vec<f64>>,
-    /// Side of the global crops in pixels (official 224).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub global_crops_size: Option<usize>,
-    /// Side of the local crops in pixels (official 96).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub local_crops_size: Option<usize>,
-    /// Gaussian blur radius range in pixels (official 0.1 2.0, for 224 / 96 px crops; scale it with the crop size).
-    #[arg(long, num_args = 2)] #[serde(skip_serializing_if = "Option::is_none")] pub blur_radius: Option<Vec<f64>>,
-    /// Image folder, Tiny-ImageNet root or IDX file/folder; default: the embedded subset.
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub data_path: Option<PathBuf>,
-    /// Where checkpoints, log.txt, loss.png, eval.json and maps go; a run there resumes.
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub output_dir: Option<PathBuf>,
-    /// Also keep checkpoint{epoch:04}.safetensors every N epochs (0: never).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub saveckp_freq: Option<usize>,
-    /// Seed of the initialisation, the crops and drop-path (a seeded run is reproducible).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub seed: Option<u64>,
-    /// Threads making the multi-crop batches.
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub num_workers: Option<usize>,
-    /// auto (a hardware GPU through wgpu, else cpu), wgpu, cpu.
-    #[arg(long, value_enum)] #[serde(skip_serializing_if = "Option::is_none")] pub device: Option<DeviceChoice>,
-    /// Data-parallel student replicas, one thread each: the batch's pictures are split between
-    /// them and their gradients summed (official DDP on one device). 0: auto, i.e. 2 on the cpu
-    /// (Burn's CPU backend runs a small ViT's matrices on one core; a fixed 2 keeps a seeded run's
-    /// numbers independent of the number of cores; raise it on more cores) and 1 on a GPU.
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub replicas: Option<usize>,
-    /// Gradient accumulation: each step runs N micro-batches of --batch_size_per_gpu pictures
-    /// one after the other and sums their gradients (one optimizer step on N x the batch; the
-    /// lr scaling and the iterations per epoch follow the larger batch). Default 1.
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub accum_iter: Option<usize>,
-    /// Stop after this many iterations in all (smoke tests, benchmarks).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub max_iters: Option<usize>,
-    /// k-NN of the teacher every N epochs (and after the last) into log.txt and loss.png; 0: only
-    /// the floor (initial teacher) and the final evaluation.
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] pub eval_every: Option<usize>,
-    /// Skip every k-NN evaluation (the floor included) and the attention maps.
-    #[arg(long)] #[serde(skip)] pub skip_eval: bool,
     /// Print the resolved configuration (preset, then --config, then flags) as JSON and exit;
     /// `bench/peer.py train --dino_config` reads it, so both sides run the same settings.
-    #[arg(long)] #[serde(skip)] pub print_config: bool,
-    /// Time every phase of a step (waits for the device after each: slower, for profiling).
-    #[arg(long)] #[serde(skip)] pub profile: bool,
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+impl clap::Args for TrainArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        // `_for_update`: no setting is required, none has a clap default (the preset gives them).
+        TrainConfig::augment_args_for_update(RunArgs::augment_args(cmd))
+    }
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl clap::FromArgMatches for TrainArgs {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        Ok(Self { run: RunArgs::from_arg_matches(matches)?, matches: matches.clone() })
+    }
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
 }
 
 impl TrainArgs {
+    #[cfg(test)]
+    /// `dino train`'s flags from a command line without the program name, e.g. `["--lr", "0.01"]`.
+    pub fn parse_from<I: IntoIterator<Item = T>, T: Into<std::ffi::OsString> + Clone>(args: I) -> Result<Self, clap::Error> {
+        use clap::{Args, FromArgMatches};
+        let cmd = Self::augment_args(clap::Command::new("train").no_binary_name(true));
+        Self::from_arg_matches(&cmd.try_get_matches_from(args)?)
+    }
+
     /// Preset (small without --data_path), then the TOML file, then flags.
     pub fn resolve(&self) -> anyhow::Result<TrainConfig> {
-        let preset = self.preset.unwrap_or(if self.data_path.is_some() { Preset::Imagenet } else { Preset::Small });
+        use clap::FromArgMatches;
+        let data_path_given = self.matches.get_one::<PathBuf>("data_path").is_some();
+        let preset = self.run.preset.unwrap_or(if data_path_given { Preset::Imagenet } else { Preset::Small });
         let mut cfg = preset.config();
-        if self.data_path.is_none() {
+        if !data_path_given {
             cfg.output_dir = PathBuf::from("output");
         }
-        if let Some(path) = &self.config {
+        if let Some(path) = &self.run.config {
             let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
             // Keys absent from the file keep the preset's values.
             let mut table: toml::Table = toml::to_string(&cfg)?.parse()?;
@@ -134,13 +82,8 @@ impl TrainArgs {
             table.extend(file);
             cfg = table.try_into().map_err(|e| bad(&e))?;
         }
-        // The flags given, over the preset and the file: same keys, same types.
-        let mut table: toml::Table = toml::to_string(&cfg)?.parse()?;
-        table.extend(toml::Table::try_from(self)?);
-        let mut cfg: TrainConfig =
-            table.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")))?;
-        cfg.profile |= self.profile;
-        cfg.skip_eval |= self.skip_eval;
+        // The flags given, over the preset and the file.
+        cfg.update_from_arg_matches(&self.matches).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim()))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -151,7 +94,7 @@ impl TrainArgs {
 /// a few held-out pictures.
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let cfg = args.resolve()?;
-    if args.print_config {
+    if args.run.print_config {
         println!("{}", serde_json::to_string_pretty(&cfg)?);
         return Ok(());
     }
@@ -197,6 +140,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device::DeviceChoice;
 
     /// Preset, then the TOML file, then flags; a bad file is one line naming it.
     #[test]
@@ -204,57 +148,66 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("dino-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("run.toml");
-        std::fs::write(&file, "epochs = 7\nlr = 0.002\nglobal_crops_scale = [0.3, 1.0]\n").unwrap();
-        let args = TrainArgs { config: Some(file.clone()), lr: Some(0.003), ..Default::default() };
-        let cfg = args.resolve().unwrap();
+        let with_file = |extra: &[&str]| {
+            let mut argv = vec!["--config", file.to_str().unwrap()];
+            argv.extend_from_slice(extra);
+            TrainArgs::parse_from(argv).unwrap().resolve()
+        };
+        std::fs::write(&file, "epochs = 7\nlr = 0.002\nglobal_crops_scale = [0.3, 1.0]\nskip_eval = true\n").unwrap();
+        let cfg = with_file(&["--lr", "0.003"]).unwrap();
         assert_eq!(cfg.epochs, 7);
         assert_eq!(cfg.lr, 0.003);
-        assert_eq!(cfg.global_crops_scale, (0.3, 1.0));
+        assert_eq!(cfg.global_crops_scale, [0.3, 1.0]);
         assert_eq!(cfg.patch_size, Preset::Small.config().patch_size);
+        // A boolean of the file stays unless the flag is given.
+        assert!(cfg.skip_eval);
+        assert!(!with_file(&["--skip_eval", "false"]).unwrap().skip_eval);
         std::fs::write(&file, "epochs = \"x\"\n").unwrap();
-        let err = TrainArgs { config: Some(file.clone()), ..Default::default() }.resolve().unwrap_err().to_string();
+        let err = with_file(&[]).unwrap_err().to_string();
         assert!(err.contains("run.toml") && err.contains("epochs") && !err.contains('\n'), "{err}");
         std::fs::write(&file, "no_such_flag = 1\n").unwrap();
-        let err = TrainArgs { config: Some(file), ..Default::default() }.resolve().unwrap_err().to_string();
+        let err = with_file(&[]).unwrap_err().to_string();
         assert!(err.contains("no_such_flag"), "{err}");
-    }
-
-    use clap::{Args, Parser};
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        train: TrainArgs,
-    }
-
-    /// A flag whose name is not a `TrainConfig` key would be refused at run time only when
-    /// given; this checks every flag once.
-    #[test]
-    fn every_setting_flag_is_a_config_key() {
-        let keys = serde_json::to_value(TrainConfig::default()).unwrap();
-        let keys = keys.as_object().unwrap();
-        let cmd = TrainArgs::augment_args(clap::Command::new("train"));
-        for arg in cmd.get_arguments() {
-            let id = arg.get_id().as_str();
-            if !["config", "preset", "print_config", "help"].contains(&id) {
-                assert!(keys.contains_key(id), "--{id} is not a TrainConfig key");
-            }
-        }
+        std::fs::write(&file, "blur_radius = [0.1, 0.5, 2.0]\n").unwrap();
+        let err = with_file(&[]).unwrap_err().to_string();
+        assert!(err.contains("--blur_radius takes two numbers"), "{err}");
     }
 
     /// Flags of every kind (number, bool, pair, enum, path) reach the configuration, over the
     /// preset; flags not given keep the preset's values.
     #[test]
     fn flags_override_the_preset() {
-        let cli = Cli::try_parse_from([
-            "dino", "--lr", "0.01", "--norm_last_layer", "true", "--blur_radius", "0.5", "1.5", "--global_crops_scale",
-            "0.3", "1.0", "--device", "cpu", "--output_dir", "runs/x", "--accum_iter", "2", "--seed", "7",
+        let args = TrainArgs::parse_from([
+            "--lr", "0.01", "--norm_last_layer", "true", "--blur_radius", "0.5", "1.5", "--global_crops_scale", "0.3",
+            "1.0", "--device", "cpu", "--output_dir", "runs/x", "--accum_iter", "2", "--seed", "7", "--skip_eval",
         ])
         .unwrap();
-        let cfg = cli.train.resolve().unwrap();
+        let cfg = args.resolve().unwrap();
         let small = Preset::Small.config();
-        assert_eq!((cfg.lr, cfg.norm_last_layer, cfg.blur_radius, cfg.global_crops_scale), (0.01, true, (0.5, 1.5), (0.3, 1.0)));
-        assert_eq!((cfg.device, cfg.output_dir.clone(), cfg.accum_iter, cfg.seed), (DeviceChoice::Cpu, PathBuf::from("runs/x"), 2, 7));
-        assert_eq!((cfg.batch_size_per_gpu, cfg.epochs, cfg.out_dim), (small.batch_size_per_gpu, small.epochs, small.out_dim));
+        assert_eq!((cfg.lr, cfg.norm_last_layer, &cfg.blur_radius[..], &cfg.global_crops_scale[..]), (0.01, true, &[0.5, 1.5][..], &[0.3, 1.0][..]));
+        assert_eq!((cfg.device, cfg.output_dir.clone(), cfg.accum_iter, cfg.seed, cfg.skip_eval), (DeviceChoice::Cpu, PathBuf::from("runs/x"), 2, 7, true));
+        assert_eq!((cfg.batch_size_per_gpu, cfg.epochs, cfg.out_dim, cfg.profile), (small.batch_size_per_gpu, small.epochs, small.out_dim, false));
+        // Without flags: the preset itself (small without --data_path, imagenet with it).
+        let mut expected = small;
+        expected.output_dir = PathBuf::from("output");
+        assert_eq!(TrainArgs::parse_from::<_, &str>([]).unwrap().resolve().unwrap(), expected);
+        let cfg = TrainArgs::parse_from(["--data_path", "x"]).unwrap().resolve().unwrap();
+        assert_eq!((cfg.arch.as_str(), cfg.data_path), ("vit_small", Some(PathBuf::from("x"))));
+    }
+
+    /// Every field of the configuration is a flag of the same name with help, and a key of
+    /// `--print_config`'s JSON.
+    #[test]
+    fn every_setting_is_a_flag_with_help() {
+        use clap::Args;
+        let keys = serde_json::to_value(TrainConfig::default()).unwrap();
+        let keys: Vec<&String> = keys.as_object().unwrap().keys().collect();
+        let cmd = TrainArgs::augment_args(clap::Command::new("train"));
+        for key in &keys {
+            let arg = cmd.get_arguments().find(|a| a.get_id().as_str() == key.as_str());
+            let arg = arg.unwrap_or_else(|| panic!("setting {key} has no flag"));
+            assert_eq!(arg.get_long(), Some(key.as_str()));
+        }
+        assert_eq!(cmd.get_arguments().count(), keys.len() + 3, "flags: the settings plus --config, --preset, --print_config");
     }
 }
