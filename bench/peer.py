@@ -4,7 +4,7 @@ Written from the official main_dino.py / utils.py / vision_transformer.py (Multi
 DataAugmentationDINO, get_params_groups, clip_gradients, cancel_gradients_last_layer, the EMA
 update; DINOHead, DINOLoss and cosine_scheduler come from tools/reference.py, which writes the
 parity fixtures), with the settings dino-rs uses
-(trainer/src/config.rs presets). Every mode prints one JSON line on stdout, like `dino bench`.
+(the presets of trainer/src/config.rs, read from `dino train --print_config`). Every mode prints one JSON line on stdout, like `dino bench`.
 
     peer.py step    --preset small|imagenet [--batch_size_per_gpu B] [--local_crops_number N]
     peer.py infer   --arch vit_small --patch_size 16 --image_size 224 --batch 1
@@ -21,6 +21,7 @@ import math
 import os
 import random
 import struct
+import subprocess
 import sys
 import time
 from functools import partial
@@ -34,22 +35,11 @@ from timm.models.vision_transformer import VisionTransformer
 from torchvision import transforms
 
 # The official DINOHead, DINOLoss and cosine_scheduler, shared with the parity-fixture writer.
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools"))
 import reference  # noqa: E402
 from reference import DINOLoss, cosine_scheduler  # noqa: E402
 
-# dino-rs presets (trainer/src/config.rs); official main_dino.py defaults for the rest.
-PRESETS = {
-    "small": dict(global_size=24, local_size=12, patch=4, embed_dim=96, depth=4, heads=3, out_dim=1024,
-                  hidden=512, bottleneck=128, norm_last_layer=False, drop_path=0.0, local_crops=4, batch=32,
-                  momentum=0.98, lr=4e-3, warmup_epochs=1),
-    "imagenet": dict(global_size=224, local_size=96, patch=16, embed_dim=384, depth=12, heads=6, out_dim=65536,
-                     hidden=2048, bottleneck=256, norm_last_layer=True, drop_path=0.1, local_crops=8, batch=64,
-                     momentum=0.996, lr=5e-4, warmup_epochs=10),
-}
-COMMON = dict(weight_decay=0.04, weight_decay_end=0.4, clip_grad=3.0, freeze_last_layer=1, min_lr=1e-6,
-              warmup_teacher_temp=0.04, teacher_temp=0.04, warmup_teacher_temp_epochs=0,
-              global_crops_scale=(0.4, 1.0), local_crops_scale=(0.05, 0.4), blur_radius=(0.1, 2.0))
 ARCHS = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
 
 
@@ -213,17 +203,35 @@ DINO_KEYS = {"global_crops_size": "global_size", "local_crops_size": "local_size
              "blur_radius": "blur_radius"}
 
 
+def dino_command(args):
+    """How to run dino-rs: --dino PATH, else the DINO environment variable, else `cargo run`."""
+    if getattr(args, "dino", None):
+        return [args.dino]
+    if os.environ.get("DINO"):
+        return [os.environ["DINO"]]
+    return ["cargo", "run", "-q", "-p", "dino-trainer", "--"]
+
+
 def config(args):
-    cfg = {**COMMON, **PRESETS[args.preset]}
+    """The settings in the peer's names: from `--dino_config` (the JSON of `dino train
+    --print_config`), else from `dino train --preset P --print_config`, so the presets are declared
+    once (trainer/src/config.rs); then --batch_size_per_gpu, --local_crops_number, --epochs, --set."""
     if getattr(args, "dino_config", None):
         with open(args.dino_config) as f:
             dino = json.load(f)
-        if dino["arch"] != "custom":
-            cfg["embed_dim"], cfg["depth"], cfg["heads"] = ARCHS[dino["arch"]]
-        for ours, peer in DINO_KEYS.items():
-            if ours in dino and not (ours in ("embed_dim", "depth", "num_heads") and dino["arch"] != "custom"):
-                cfg[peer] = tuple(dino[ours]) if isinstance(dino[ours], list) else dino[ours]
-        cfg["epochs"] = dino["epochs"]
+    else:
+        cmd = dino_command(args) + ["train", "--preset", args.preset, "--print_config"]
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"{' '.join(cmd)}: {done.stderr.strip()}")
+        dino = json.loads(done.stdout)
+    cfg = {}
+    if dino["arch"] != "custom":
+        cfg["embed_dim"], cfg["depth"], cfg["heads"] = ARCHS[dino["arch"]]
+    for ours, peer in DINO_KEYS.items():
+        if not (ours in ("embed_dim", "depth", "num_heads") and dino["arch"] != "custom"):
+            cfg[peer] = tuple(dino[ours]) if isinstance(dino[ours], list) else dino[ours]
+    cfg["epochs"] = dino["epochs"]
     for k in ("batch_size_per_gpu", "local_crops_number", "epochs"):
         v = getattr(args, k, None)
         if v is not None:
@@ -418,7 +426,7 @@ def mode_train(args):
     student, teacher = build(cfg)
     save_backbone(student.backbone, os.path.join(args.output_dir, "random_init.safetensors"))
     n = cfg["local_crops"]
-    epochs = cfg.get("epochs") or 3
+    epochs = cfg["epochs"]
     dino_loss = DINOLoss(cfg["out_dim"], 2 + n, cfg["warmup_teacher_temp"], cfg["teacher_temp"],
                          cfg["warmup_teacher_temp_epochs"], epochs)
     optimizer = torch.optim.AdamW(get_params_groups(student))
@@ -487,7 +495,8 @@ def main():
     sub = p.add_subparsers(dest="mode", required=True)
     for name in ("step", "augment", "train"):
         s = sub.add_parser(name)
-        s.add_argument("--preset", default={"augment": "imagenet"}.get(name, "small"), choices=PRESETS)
+        s.add_argument("--preset", default={"augment": "imagenet"}.get(name, "small"), choices=["small", "tiny-imagenet", "imagenet"],
+                       help="a dino-rs preset, read from `dino train --preset P --print_config`")
         s.add_argument("--batch_size_per_gpu", type=int)
         s.add_argument("--local_crops_number", type=int)
         s.add_argument("--seed", type=int, default=0)
@@ -501,7 +510,7 @@ def main():
     t = sub.choices["train"]
     t.add_argument("--data_path", required=True)
     t.add_argument("--output_dir", required=True)
-    t.add_argument("--epochs", type=int, default=None, help="default: the --dino_config's, else 3")
+    t.add_argument("--epochs", type=int, default=None, help="default: the --dino_config's or the preset's")
     t.add_argument("--num_workers", type=int, default=2)
     t.add_argument("--dino_config", help="the JSON of `dino train --print_config`: the same settings as dino-rs")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -520,6 +529,7 @@ def main():
     k.add_argument("--data_path", required=True)
     k.add_argument("--k", type=int, default=20)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--dino", help="the dino binary whose presets to read (default: $DINO, else `cargo run`)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -94,7 +94,7 @@ class Runner:
     def peer(self, *args):
         if self.py is None:
             return None
-        out = self.run([self.py, PEER, "--threads", str(self.args.threads), *args], "pytorch")
+        out = self.run([self.py, PEER, "--threads", str(self.args.threads), "--dino", self.dino, *args], "pytorch")
         return json.loads(out.strip().splitlines()[-1])
 
 
