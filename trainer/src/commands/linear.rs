@@ -19,7 +19,8 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 
 use super::{positive, positive_f64, ModelArgs, SplitArgs};
-use crate::augment::{hflip, random_resized_crop_box, resized_crop};
+use crate::augment::pil::{hflip, resized_crop};
+use crate::augment::random_resized_crop_box;
 use crate::data::Dataset;
 use crate::device::{self, DeviceChoice};
 use crate::loader::mix;
