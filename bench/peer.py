@@ -1,9 +1,9 @@
 """The PyTorch peer of `dino bench`: the official DINO algorithm on timm's VisionTransformer.
 
-Written from the official main_dino.py / utils.py / vision_transformer.py (MultiCropWrapper,
-DataAugmentationDINO, get_params_groups, clip_gradients, cancel_gradients_last_layer, the EMA
-update; DINOHead, DINOLoss and cosine_scheduler come from tools/reference.py, which writes the
-parity fixtures), with the settings dino-rs uses
+The official main_dino.py training loop (the EMA update, the step) on timm's backbone; the
+official pieces it uses (DINOHead, DINOLoss, MultiCropWrapper, DataAugmentationDINO,
+cosine_scheduler, get_params_groups, clip_gradients, cancel_gradients_last_layer) come from
+tools/reference.py, which also writes the parity fixtures; with the settings dino-rs uses
 (the presets of trainer/src/config.rs, read from `dino train --print_config`). Every mode prints one JSON line on stdout, like `dino bench`.
 
     peer.py step    --preset small|imagenet [--batch_size_per_gpu B] [--local_crops_number N]
@@ -14,7 +14,6 @@ parity fixtures), with the settings dino-rs uses
     peer.py knn-raw --data_path IDX-FOLDER                                 (raw-pixel k-NN floor)
 """
 import argparse
-import copy
 import gzip
 import json
 import math
@@ -30,15 +29,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image
 from timm.models.vision_transformer import VisionTransformer
 from torchvision import transforms
 
-# The official DINOHead, DINOLoss and cosine_scheduler, shared with the parity-fixture writer.
+# The official algorithm (DINOHead, DINOLoss, MultiCropWrapper, DataAugmentationDINO, the
+# schedules and the optimisation utilities) lives in tools/reference.py, shared with the fixture writers.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import reference  # noqa: E402
-from reference import DINOLoss, cosine_scheduler  # noqa: E402
+from reference import (DINOLoss, DataAugmentationDINO, MultiCropWrapper, cancel_gradients_last_layer,  # noqa: E402
+                       clip_gradients, cosine_scheduler, get_params_groups)
 
 ARCHS = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
 
@@ -58,89 +59,6 @@ def dino_head(in_dim, out_dim, norm_last_layer, hidden_dim, bottleneck_dim):
     if norm_last_layer:
         head.last_layer.weight_g.requires_grad = False
     return head
-
-
-class MultiCropWrapper(nn.Module):
-    """Backbone once per resolution group, head once on all CLS features (official)."""
-
-    def __init__(self, backbone, head):
-        super().__init__()
-        self.backbone, self.head = backbone, head
-
-    def forward(self, groups):
-        return self.head(torch.cat([self.backbone(x) for x in groups]))
-
-
-def get_params_groups(model):
-    regularized, not_regularized = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (not_regularized if name.endswith(".bias") or len(param.shape) == 1 else regularized).append(param)
-    return [{"params": regularized}, {"params": not_regularized, "weight_decay": 0.0}]
-
-
-def clip_gradients(model, clip):
-    for p in model.parameters():
-        if p.grad is not None:
-            clip_coef = clip / (p.grad.data.norm(2) + 1e-6)
-            if clip_coef < 1:
-                p.grad.data.mul_(clip_coef)
-
-
-def cancel_gradients_last_layer(epoch, model, freeze_last_layer):
-    if epoch >= freeze_last_layer:
-        return
-    for n, p in model.named_parameters():
-        if "last_layer" in n:
-            p.grad = None
-
-
-class GaussianBlur:
-    def __init__(self, p=0.5, radius_min=0.1, radius_max=2.0):
-        self.prob, self.radius_min, self.radius_max = p, radius_min, radius_max
-
-    def __call__(self, img):
-        if random.random() > self.prob:
-            return img
-        return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(self.radius_min, self.radius_max)))
-
-
-class Solarization:
-    def __init__(self, p):
-        self.p = p
-
-    def __call__(self, img):
-        return ImageOps.solarize(img) if random.random() < self.p else img
-
-
-class DataAugmentationDINO:
-    def __init__(self, global_crops_scale, local_crops_scale, local_crops_number, global_size=224, local_size=96,
-                 blur_radius=(0.1, 2.0)):
-        flip_and_color_jitter = transforms.Compose([
-            transforms.RandomHorizontalFlip(p=0.5),
-            transforms.RandomApply([transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)],
-                                   p=0.8),
-            transforms.RandomGrayscale(p=0.2),
-        ])
-        normalize = transforms.Compose([transforms.ToTensor(),
-                                        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
-        bicubic = transforms.InterpolationMode.BICUBIC
-        self.global_transfo1 = transforms.Compose([
-            transforms.RandomResizedCrop(global_size, scale=global_crops_scale, interpolation=bicubic),
-            flip_and_color_jitter, GaussianBlur(1.0, *blur_radius), normalize])
-        self.global_transfo2 = transforms.Compose([
-            transforms.RandomResizedCrop(global_size, scale=global_crops_scale, interpolation=bicubic),
-            flip_and_color_jitter, GaussianBlur(0.1, *blur_radius), Solarization(0.2), normalize])
-        self.local_crops_number = local_crops_number
-        self.local_transfo = transforms.Compose([
-            transforms.RandomResizedCrop(local_size, scale=local_crops_scale, interpolation=bicubic),
-            flip_and_color_jitter, GaussianBlur(0.5, *blur_radius), normalize])
-
-    def __call__(self, image):
-        crops = [self.global_transfo1(image), self.global_transfo2(image)]
-        crops += [self.local_transfo(image) for _ in range(self.local_crops_number)]
-        return crops
 
 
 # ---------------------------------------------------------------------------------------------

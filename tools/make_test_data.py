@@ -47,36 +47,20 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as F
 from PIL import Image, ImageFilter, ImageOps
-from safetensors.torch import save_file
 from torchvision.transforms import InterpolationMode
 
 import skimage
 import skimage.data
+
+# The official utilities (utils.get_params_groups, utils.clip_gradients) and the byte-stable
+# safetensors writer live in tools/reference.py, the one home of the official algorithm.
+from reference import clip_gradients, get_params_groups, save_safetensors
 
 torch.set_num_threads(1)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGES = os.path.join(ROOT, "tests", "images")
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
-
-
-def save_safetensors(tensors, path, metadata=None):
-    """safetensors.torch.save_file, then rewrite the JSON header with sorted keys.
-
-    save_file serialises the metadata from a Rust HashMap whose order changes
-    from run to run; sorting the header makes the file byte-identical across
-    runs (tensor data and offsets are untouched).
-    """
-    save_file(tensors, path, metadata=metadata)
-    with open(path, "rb") as f:
-        raw = f.read()
-    n = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + n])
-    hb = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    hb += b" " * (-len(hb) % 8)
-    with open(path, "wb") as f:
-        f.write(len(hb).to_bytes(8, "little") + hb + raw[8 + n:])
-    os.chmod(path, 0o644)
 
 
 # --------------------------------------------------------------------------
@@ -293,32 +277,6 @@ class Tiny(torch.nn.Module):
         super().__init__()
         self.linear = torch.nn.Linear(3, 4)
         self.norm = torch.nn.LayerNorm(3)
-
-
-def get_params_groups(model):
-    """utils.get_params_groups from official DINO."""
-    regularized, not_regularized = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if name.endswith(".bias") or len(param.shape) == 1:
-            not_regularized.append(param)
-        else:
-            regularized.append(param)
-    return [{"params": regularized}, {"params": not_regularized, "weight_decay": 0.}]
-
-
-def clip_gradients(model, clip):
-    """utils.clip_gradients from official DINO (per-tensor norm clipping)."""
-    norms = []
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            param_norm = p.grad.data.norm(2)
-            norms.append(param_norm.item())
-            clip_coef = clip / (param_norm + 1e-6)
-            if clip_coef < 1:
-                p.grad.data.mul_(clip_coef)
-    return norms
 
 
 def write_adamw():

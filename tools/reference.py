@@ -69,12 +69,14 @@ import argparse
 import json
 import math
 import os
+import random
 import sys
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import ImageFilter, ImageOps
 
 import timm
 import safetensors
@@ -581,6 +583,115 @@ def write_schedules(out_dir):
     p = os.path.join(out_dir, "schedules.safetensors")
     save_safetensors(tensors, p, metadata=meta)
     return [p]
+
+
+# --------------------------------------------------------------------------- training: crops, wrapper, optimisation
+# Official main_dino.py (DataAugmentationDINO, the MultiCropWrapper of utils.py) and utils.py
+# (GaussianBlur, Solarization, get_params_groups, clip_gradients, cancel_gradients_last_layer);
+# bench/peer.py trains with them, tools/make_test_data.py writes the AdamW fixture with them.
+
+class GaussianBlur:
+    """utils.GaussianBlur: PIL's Gaussian blur with probability p, radius uniform in [min, max]."""
+
+    def __init__(self, p=0.5, radius_min=0.1, radius_max=2.0):
+        self.prob, self.radius_min, self.radius_max = p, radius_min, radius_max
+
+    def __call__(self, img):
+        if random.random() > self.prob:
+            return img
+        return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(self.radius_min, self.radius_max)))
+
+
+class Solarization:
+    """utils.Solarization: PIL's solarize (threshold 128) with probability p."""
+
+    def __init__(self, p):
+        self.p = p
+
+    def __call__(self, img):
+        return ImageOps.solarize(img) if random.random() < self.p else img
+
+
+class DataAugmentationDINO:
+    """main_dino.DataAugmentationDINO: 2 global crops (blur p 1.0; blur 0.1 + solarize 0.2) and
+    N local crops (blur 0.5), each flipped, colour-jittered and grey-scaled at random, then
+    ToTensor + ImageNet Normalize. Crop sizes and the blur radii are parameters here (official:
+    224 / 96 px, 0.1-2.0 px) so that small pictures can use the same recipe."""
+
+    def __init__(self, global_crops_scale, local_crops_scale, local_crops_number, global_size=224, local_size=96,
+                 blur_radius=(0.1, 2.0)):
+        from torchvision import transforms
+        flip_and_color_jitter = transforms.Compose([
+            transforms.RandomHorizontalFlip(p=0.5),
+            transforms.RandomApply([transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)],
+                                   p=0.8),
+            transforms.RandomGrayscale(p=0.2),
+        ])
+        normalize = transforms.Compose([transforms.ToTensor(),
+                                        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+        bicubic = transforms.InterpolationMode.BICUBIC
+        self.global_transfo1 = transforms.Compose([
+            transforms.RandomResizedCrop(global_size, scale=global_crops_scale, interpolation=bicubic),
+            flip_and_color_jitter, GaussianBlur(1.0, *blur_radius), normalize])
+        self.global_transfo2 = transforms.Compose([
+            transforms.RandomResizedCrop(global_size, scale=global_crops_scale, interpolation=bicubic),
+            flip_and_color_jitter, GaussianBlur(0.1, *blur_radius), Solarization(0.2), normalize])
+        self.local_crops_number = local_crops_number
+        self.local_transfo = transforms.Compose([
+            transforms.RandomResizedCrop(local_size, scale=local_crops_scale, interpolation=bicubic),
+            flip_and_color_jitter, GaussianBlur(0.5, *blur_radius), normalize])
+
+    def __call__(self, image):
+        crops = [self.global_transfo1(image), self.global_transfo2(image)]
+        crops += [self.local_transfo(image) for _ in range(self.local_crops_number)]
+        return crops
+
+
+class MultiCropWrapper(nn.Module):
+    """utils.MultiCropWrapper: the backbone once per resolution group (the 2 global crops, then
+    the local crops), the head once on all CLS features, concatenated in crop order."""
+
+    def __init__(self, backbone, head):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, groups):
+        return self.head(torch.cat([self.backbone(x) for x in groups]))
+
+
+def get_params_groups(model):
+    """utils.get_params_groups: biases and 1-D parameters (norms) without weight decay."""
+    regularized, not_regularized = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.endswith(".bias") or len(param.shape) == 1:
+            not_regularized.append(param)
+        else:
+            regularized.append(param)
+    return [{"params": regularized}, {"params": not_regularized, "weight_decay": 0.}]
+
+
+def clip_gradients(model, clip):
+    """utils.clip_gradients: per-tensor gradient norm clipping; returns the norms before clipping."""
+    norms = []
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            param_norm = p.grad.data.norm(2)
+            norms.append(param_norm.item())
+            clip_coef = clip / (param_norm + 1e-6)
+            if clip_coef < 1:
+                p.grad.data.mul_(clip_coef)
+    return norms
+
+
+def cancel_gradients_last_layer(epoch, model, freeze_last_layer):
+    """utils.cancel_gradients_last_layer: no update of the head's last layer in the first epochs."""
+    if epoch >= freeze_last_layer:
+        return
+    for n, p in model.named_parameters():
+        if "last_layer" in n:
+            p.grad = None
 
 
 # --------------------------------------------------------------------------- main
