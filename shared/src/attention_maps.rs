@@ -45,9 +45,14 @@ impl AttentionMaps {
         (0..n).map(|i| (0..self.heads).map(|h| self.values[h * n + i]).sum::<f32>() / self.heads as f32).collect()
     }
 
+    /// Head `j`'s official threshold mask, [grid_h, grid_w]. Panics when `j >= heads`.
+    pub fn threshold_mask(&self, j: usize, threshold: f32) -> Vec<bool> {
+        threshold_mask(self.head(j), threshold)
+    }
+
     /// Official threshold masks of every head, [heads, grid_h, grid_w].
     pub fn threshold_masks(&self, threshold: f32) -> Vec<bool> {
-        (0..self.heads).flat_map(|h| threshold_mask(self.head(h), threshold)).collect()
+        (0..self.heads).flat_map(|h| self.threshold_mask(h, threshold)).collect()
     }
 }
 

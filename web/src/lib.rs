@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use burn::tensor::Device;
-use dino_shared::attention_maps::{composite, draw_mask, head_color, heatmap, overlay, AttentionMaps};
-use dino_shared::inference::{features_and_attention, grid_of};
+use dino_shared::attention_maps::{draw_mask, head_color, heatmap, overlay, AttentionMaps};
+use dino_shared::inference::{attention_maps, features_and_attention};
 use dino_shared::preprocess::{self};
 use dino_shared::weights::{ArchSpec, WeightsFile};
 use dino_shared::VisionTransformer;
@@ -62,10 +62,6 @@ impl Engine {
     /// "webgpu" or "cpu".
     pub fn backend(&self) -> String {
         self.state.borrow().backend.clone()
-    }
-
-    pub fn has_model(&self, name: &str) -> bool {
-        self.state.borrow().models.contains_key(name)
     }
 
     /// Load a safetensors file made by `dino export` (or timm-layout safetensors of an official
@@ -118,20 +114,16 @@ async fn analyze(model: &VisionTransformer, device: &Device, bytes: &[u8], short
     let input = preprocess::for_attention(&img, size, patch).map_err(|e| e.to_string())?;
     let start = now_ms();
     let (_, attn) = features_and_attention(model, &input, device);
-    let [_, heads, _, _] = attn.dims();
     let data = attn.into_data_async().await.map_err(|e| format!("reading the attention back failed: {e:?}"))?;
     let forward_ms = now_ms() - start;
-    let values = data.convert::<f32>().try_into_vec::<f32>().map_err(|e| format!("{e:?}"))?;
-    let (gh, gw) = grid_of(model, &input);
-    Ok(Analysis { maps: AttentionMaps::from_last_attention(&values, heads, gh, gw), image: input.image, patch, forward_ms })
+    Ok(Analysis { maps: attention_maps(data, model, &input)?, image: input.image, patch, forward_ms })
 }
 
 fn rgba(img: &RgbImage) -> Vec<u8> {
     img.pixels().flat_map(|p| [p.0[0], p.0[1], p.0[2], 255]).collect()
 }
 
-/// The result for one picture; every drawing is RGBA bytes of `width() x height()` pixels
-/// (the grid picture excepted: see [`Analysis::grid_rgba`]).
+/// The result for one picture; every drawing is RGBA bytes of `width() x height()` pixels.
 #[wasm_bindgen]
 pub struct Analysis {
     maps: AttentionMaps,
@@ -165,9 +157,6 @@ impl Analysis {
     pub fn values(&self) -> Vec<f32> {
         self.maps.values.clone()
     }
-    pub fn image_rgba(&self) -> Vec<u8> {
-        rgba(&self.image)
-    }
     /// Head-mean map coloured and blended over the picture.
     pub fn mean_overlay_rgba(&self, opacity: f32) -> Vec<u8> {
         let hm = heatmap(&self.maps.mean(), self.maps.grid_h, self.maps.grid_w, self.patch);
@@ -180,34 +169,14 @@ impl Analysis {
     }
     /// Head `j`'s official threshold mask drawn over the picture.
     pub fn mask_rgba(&self, j: usize, threshold: f32) -> Vec<u8> {
-        let n = self.maps.grid_h * self.maps.grid_w;
-        let masks = self.maps.threshold_masks(threshold);
-        rgba(&draw_mask(&self.image, &masks[j * n..(j + 1) * n], self.maps.grid_h, self.maps.grid_w, self.patch, head_color(j)))
+        rgba(&draw_mask(&self.image, &self.maps.threshold_mask(j, threshold), self.maps.grid_h, self.maps.grid_w, self.patch, head_color(j)))
     }
     /// All heads' masks over one picture (each head in its colour).
     pub fn masks_rgba(&self, threshold: f32) -> Vec<u8> {
-        let n = self.maps.grid_h * self.maps.grid_w;
-        let masks = self.maps.threshold_masks(threshold);
         let mut img = self.image.clone();
         for j in 0..self.maps.heads {
-            img = draw_mask(&img, &masks[j * n..(j + 1) * n], self.maps.grid_h, self.maps.grid_w, self.patch, head_color(j));
+            img = draw_mask(&img, &self.maps.threshold_mask(j, threshold), self.maps.grid_h, self.maps.grid_w, self.patch, head_color(j));
         }
         rgba(&img)
-    }
-    /// Side by side: the picture, the mean overlay and every head (for a quick export).
-    pub fn grid_rgba(&self, opacity: f32) -> Vec<u8> {
-        rgba(&self.grid(opacity))
-    }
-    pub fn grid_width(&self, opacity: f32) -> u32 {
-        self.grid(opacity).width()
-    }
-}
-
-impl Analysis {
-    fn grid(&self, opacity: f32) -> RgbImage {
-        let (gh, gw) = (self.maps.grid_h, self.maps.grid_w);
-        let mut cells = vec![self.image.clone(), overlay(&self.image, &heatmap(&self.maps.mean(), gh, gw, self.patch), opacity)];
-        cells.extend((0..self.maps.heads).map(|j| heatmap(self.maps.head(j), gh, gw, self.patch)));
-        composite(&cells, cells.len())
     }
 }

@@ -3,9 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Tensor;
 use dino_shared::attention_maps::{draw_mask, head_color, heatmap, overlay, AttentionMaps};
-use dino_shared::inference::{features_and_attention, grid_of};
+use dino_shared::inference::{attention_maps, features_and_attention};
 use dino_shared::preprocess;
 use image::RgbImage;
 
@@ -48,17 +47,10 @@ pub fn run(args: &AttentionArgs) -> anyhow::Result<()> {
     let input = preprocess::for_attention(&img, size, model.config().patch_size)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.image.display()))?;
     let (_, attn) = features_and_attention(&model, &input, &device);
-    let maps = maps_from(attn, &model, &input);
+    let maps = attention_maps(attn.into_data(), &model, &input).map_err(|e| anyhow::anyhow!("{}: {e}", args.image.display()))?;
     write_outputs(&maps, &input.image, model.config().patch_size, args.threshold, &args.output_dir, 1)?;
     eprintln!("wrote {} heads of {}x{} patches to {}", maps.heads, maps.grid_h, maps.grid_w, args.output_dir.display());
     Ok(())
-}
-
-pub fn maps_from(attn: Tensor<4>, model: &dino_shared::VisionTransformer, input: &preprocess::ModelInput) -> AttentionMaps {
-    let [_, heads, _, _] = attn.dims();
-    let (gh, gw) = grid_of(model, input);
-    let data = attn.into_data().convert::<f32>().try_into_vec::<f32>().expect("float attention");
-    AttentionMaps::from_last_attention(&data, heads, gh, gw)
 }
 
 /// Write every picture of the official script plus the mean overlay, the grid and the `.npy`.
@@ -85,14 +77,13 @@ pub fn write_outputs(
     save(image, "img.png")?;
     let mean_overlay = overlay(image, &heatmap(&maps.mean(), gh, gw, patch), 0.6);
     save(&mean_overlay, "attn-mean-overlay.png")?;
-    let masks = maps.threshold_masks(threshold);
     let mut heads = Vec::new();
     let mut mask_pictures = Vec::new();
     for j in 0..maps.heads {
         let hm = heatmap(maps.head(j), gh, gw, patch);
         save(&hm, &format!("attn-head{j}.png"))?;
         heads.push(hm);
-        let m = draw_mask(image, &masks[j * gh * gw..(j + 1) * gh * gw], gh, gw, patch, head_color(j));
+        let m = draw_mask(image, &maps.threshold_mask(j, threshold), gh, gw, patch, head_color(j));
         save(&m, &format!("mask_th{threshold}_head{j}.png"))?;
         mask_pictures.push(m);
     }

@@ -129,7 +129,8 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         let input = dino_shared::preprocess::for_attention(&image::DynamicImage::ImageRgb8(img), sizing, patch)
             .map_err(|e| anyhow::anyhow!("{}: {e}", eval.val.describe(i)))?;
         let (_, attn) = dino_shared::inference::features_and_attention(model, &input, &outcome.device);
-        let maps = super::attention::maps_from(attn, model, &input);
+        let maps = dino_shared::inference::attention_maps(attn.into_data(), model, &input)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", eval.val.describe(i)))?;
         let dir = cfg.output_dir.join("attention").join(format!("val{i}"));
         super::attention::write_outputs(&maps, &input.image, patch, 0.6, &dir, 8)?;
     }
