@@ -41,15 +41,28 @@ export function getEngine() {
 
 export const DEFAULT_WEIGHTS = new URL('dino-default.safetensors', here).href;
 
+/** The bytes of a weights file. Weights are kept by the browser (Cache API, one cache per
+ *  release of this module), so a reload does not download them again; where the Cache API is
+ *  missing (insecure origins) this is a plain fetch. */
+export const WEIGHTS_CACHE = 'dino-weights-v1';
+async function fetchWeights(url) {
+  const cache = self.caches ? await caches.open(WEIGHTS_CACHE).catch(() => null) : null;
+  let res = cache ? await cache.match(url) : undefined;
+  if (!res) {
+    res = await fetch(url);
+    if (!res.ok) throw new Error(`${url}: HTTP ${res.status}`);
+    if (cache) await cache.put(url, res.clone()).catch(() => {});
+  }
+  return new Uint8Array(await res.arrayBuffer());
+}
+
 /** Load a weights URL once; later calls share the same promise. Resolves to the model's name. */
 export function loadModel(url = DEFAULT_WEIGHTS) {
   const key = new URL(url, location.href).href;
   if (!models.has(key)) {
     models.set(key, (async () => {
       const engine = await getEngine();
-      const res = await fetch(key);
-      if (!res.ok) throw new Error(`${key}: HTTP ${res.status}`);
-      const bytes = new Uint8Array(await res.arrayBuffer());
+      const bytes = await fetchWeights(key);
       const info = JSON.parse(engine.load_weights(key, key.split('/').pop(), bytes));
       return { name: key, info };
     })());
@@ -63,6 +76,35 @@ export function paint(canvas, rgba, width, height) {
   canvas.width = width;
   canvas.height = height;
   canvas.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(rgba), width, height), 0, 0);
+}
+
+// The one renderer of the page and the widget: which picture shows what. `view` is 'mean'
+// (attention maps over the picture) or 'masks' (the official threshold masks, `threshold` of
+// the attention mass); `opacity` blends the maps over the picture. Every picture is
+// `analysis.width()` x `analysis.height()` RGBA bytes, drawn by the wasm engine (dino-shared).
+
+/** The main picture: the head-mean map over the picture, or every head's mask over it. */
+export function mainPicture(analysis, { view = 'mean', opacity = 0.6, threshold = 0.6 } = {}) {
+  return view === 'masks' ? analysis.masks_rgba(threshold) : analysis.mean_overlay_rgba(opacity);
+}
+
+/** Head `j`'s picture: its map over the picture, or its mask. */
+export function headPicture(analysis, j, { view = 'mean', opacity = 0.6, threshold = 0.6 } = {}) {
+  return view === 'masks' ? analysis.mask_rgba(j, threshold) : analysis.head_rgba(j, opacity);
+}
+
+/** A canvas (in a <figure> with a caption when `caption` is given) holding `rgba`, appended to
+ *  `container`. */
+export function addPicture(container, analysis, rgba, { className = '', caption = null } = {}) {
+  const canvas = document.createElement('canvas');
+  canvas.className = className;
+  paint(canvas, rgba, analysis.width(), analysis.height());
+  if (caption === null) return container.appendChild(canvas);
+  const fig = document.createElement('figure');
+  const cap = document.createElement('figcaption');
+  cap.textContent = caption;
+  fig.append(canvas, cap);
+  return container.appendChild(fig);
 }
 
 const STYLE = `
@@ -89,7 +131,12 @@ class DinoAttention extends HTMLElement {
   }
 
   connectedCallback() { this.update(); }
-  attributeChangedCallback() { if (this.isConnected) this.update(); }
+  attributeChangedCallback(name, before, after) {
+    if (!this.isConnected || before === after) return;
+    // Only the drawing changes: redraw from the last result without running the model again.
+    if (this.analysis && ['threshold', 'heads', 'opacity'].includes(name)) this.draw();
+    else this.update();
+  }
 
   async update() {
     const gen = ++this.generation;
@@ -106,6 +153,7 @@ class DinoAttention extends HTMLElement {
       // for 8, 448 for 16); the longer side follows the picture's aspect ratio.
       const size = parseInt(this.getAttribute('size') || String(28 * model.info.patch_size), 10);
       const analysis = await engine.analyze(model.name, bytes, size);
+      this.runs = (this.runs || 0) + 1;
       if (gen !== this.generation) return; // a newer update superseded this one
       this.analysis = analysis;
       this.draw();
@@ -125,20 +173,15 @@ class DinoAttention extends HTMLElement {
     const a = this.analysis;
     const opacity = parseFloat(this.getAttribute('opacity') || '0.6');
     const th = this.getAttribute('threshold');
-    const [w, h] = [a.width(), a.height()];
+    const masks = { view: 'masks', threshold: parseFloat(th) };
     this.mapsEl.replaceChildren();
-    const add = (rgba, cls) => {
-      const c = document.createElement('canvas');
-      c.className = cls;
-      paint(c, rgba, w, h);
-      this.mapsEl.append(c);
-    };
     if ((this.getAttribute('heads') || 'mean') === 'all') {
-      for (let j = 0; j < a.heads(); j++) add(th ? a.mask_rgba(j, parseFloat(th)) : a.head_rgba(j, opacity), 'head');
+      for (let j = 0; j < a.heads(); j++) addPicture(this.mapsEl, a, headPicture(a, j, th ? masks : { opacity }), { className: 'head' });
     } else {
-      add(a.mean_overlay_rgba(opacity), 'main');
-      if (th) add(a.masks_rgba(parseFloat(th)), 'main');
+      addPicture(this.mapsEl, a, mainPicture(a, { opacity }), { className: 'main' });
+      if (th) addPicture(this.mapsEl, a, mainPicture(a, masks), { className: 'main' });
     }
+    this.draws = (this.draws || 0) + 1;
   }
 }
 

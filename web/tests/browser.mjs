@@ -5,7 +5,11 @@
 // the CPU backend (no flag); the attention values read back from the page equal the native
 // `dino attention` values (max abs diff <= 1e-3); the widget page renders two widgets; a text
 // file named .jpg, an empty file and a wrong weights file each show an error and the page keeps
-// working. Screenshots go to SCREENSHOT_DIR.
+// working; weights whose metadata is wrong (heads that do not divide the width) are refused with
+// a message and the loaded model keeps working; of two pictures given one after the other the
+// page shows the second; a reload takes the weights from the browser's cache (no download);
+// the widget redraws without running the model again when only opacity or threshold change.
+// Screenshots go to SCREENSHOT_DIR.
 import { chromium } from 'playwright-core';
 import http from 'node:http';
 import fs from 'node:fs';
@@ -49,8 +53,25 @@ async function withBrowser(webgpu, fn) {
   try { await fn(browser); } finally { await browser.close(); }
 }
 
+/** A copy of a safetensors file with its `vit` metadata changed by `edit` (the tensors kept). */
+function withMetadata(file, edit) {
+  const b = fs.readFileSync(file);
+  const n = Number(b.readBigUInt64LE(0));
+  const header = JSON.parse(b.subarray(8, 8 + n).toString());
+  const vit = JSON.parse(header.__metadata__.vit);
+  edit(vit);
+  header.__metadata__.vit = JSON.stringify(vit);
+  let text = JSON.stringify(header);
+  text += ' '.repeat((8 - (text.length % 8)) % 8);
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(Buffer.byteLength(text)));
+  return Buffer.concat([len, Buffer.from(text), b.subarray(8 + n)]);
+}
+
 async function openPage(browser, query = '') {
   const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
+  page.weightRequests = 0;
+  page.on('request', (r) => { if (r.url().endsWith('.safetensors')) page.weightRequests++; });
   page.on('pageerror', (e) => console.log('  page error:', e.message));
   page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') console.log(`  console ${m.type()}: ${m.text().slice(0, 400)}`); });
   await page.goto(`${base}/index.html${query}`);
@@ -118,6 +139,38 @@ for (const [label, webgpu, query] of [['webgpu', true, ''], ['cpu', false, '']])
     await page.screenshot({ path: path.join(shots, `page-${label}-error.png`) });
     const again = await analyzeFile(page, photo);
     check(!again.error && again.values.length === native.data.length, `${label}: the page still works after the errors`);
+    // The page's own logic, on the CPU path only (on SwiftShader each pass takes ~15 s).
+    if (!webgpu) {
+      // Weights whose metadata does not fit (5 heads on a width of 96): refused, the model loaded
+      // before keeps working.
+      const badHeads = path.join(tmp, 'five-heads.safetensors');
+      fs.writeFileSync(badHeads, withMetadata(path.join(dist, 'dino-default.safetensors'), (v) => { v.num_heads = 5; }));
+      await page.setInputFiles('#weights-file', badHeads);
+      await page.waitForFunction(() => window.dinoPage.error && window.dinoPage.error.includes('five-heads.safetensors'), null, { timeout: 60000 });
+      const herr = await page.evaluate(() => window.dinoPage.error);
+      check(/head/.test(herr), `${label}: weights with 5 heads on 96 dims are refused (${herr})`);
+      const still = await analyzeFile(page, photo);
+      let stillDiff = Infinity;
+      if (!still.error && still.values.length === native.data.length) { stillDiff = 0; for (let i = 0; i < native.data.length; i++) stillDiff = Math.max(stillDiff, Math.abs(still.values[i] - native.data[i])); }
+      check(stillDiff <= 1e-3, `${label}: the loaded model keeps working after the refused weights (max abs diff ${stillDiff.toExponential(2)})`);
+      // Two pictures one after the other: the page ends on the second (an older result never
+      // overwrites a newer one).
+      const runsBefore = await page.evaluate(() => window.dinoPage.runs);
+      await page.setInputFiles('#file', path.join(repo, 'tests/images/chelsea.jpg'));
+      await page.setInputFiles('#file', photo);
+      await page.waitForFunction((r) => window.dinoPage.runs + (window.dinoPage.dropped || 0) >= r + 2 || window.dinoPage.error, runsBefore, { timeout: 300000 });
+      await page.waitForFunction(() => !document.getElementById('status').textContent.startsWith('computing'), null, { timeout: 300000 });
+      const last = await page.evaluate(() => ({ ...window.dinoPage }));
+      check(!last.error && last.gridW === 28 && last.gridH === 28, `${label}: of two pictures given in a row the page shows the second (${last.gridH}x${last.gridW}, ${last.dropped || 0} dropped)`);
+      {
+        // A reload takes the weights from the Cache API: no new request for them.
+        const requests = page.weightRequests;
+        await page.reload();
+        await page.waitForFunction(() => window.dinoPage && (window.dinoPage.ready || window.dinoPage.error), null, { timeout: 300000 });
+        const reloaded = await page.evaluate(() => ({ ...window.dinoPage }));
+        check(reloaded.ready && page.weightRequests === requests && requests >= 1, `${label}: a reload takes the weights from the browser's cache (${page.weightRequests - requests} new downloads, ${requests} before)`);
+      }
+    }
     if (!webgpu) {
       // A click on a held-out picture runs the model on it.
       const before = await page.evaluate(() => window.dinoPage.runs);
@@ -137,6 +190,16 @@ for (const [label, webgpu, query] of [['webgpu', true, ''], ['cpu', false, '']])
       await docs.waitForFunction(() => [...document.querySelectorAll('dino-attention')].every((w) => w.dataset.state === 'ready' || w.dataset.state === 'error'), null, { timeout: 300000 });
       const widgets = await docs.evaluate(() => [...document.querySelectorAll('dino-attention')].map((w) => ({ state: w.dataset.state, canvases: w.shadowRoot.querySelectorAll('canvas').length })));
       check(widgets.length === 2 && widgets.every((w) => w.state === 'ready' && w.canvases > 0), `widget page renders two widgets ${JSON.stringify(widgets)}`);
+      // Only the drawing changes: the widget redraws without running the model again.
+      const redraw = await docs.evaluate(async () => {
+        const w = document.querySelector('dino-attention');
+        const [runs, draws] = [w.runs, w.draws];
+        w.setAttribute('opacity', '0.3');
+        w.setAttribute('threshold', '0.5');
+        await new Promise((r) => setTimeout(r, 200));
+        return { runs: w.runs - runs, draws: w.draws - draws, state: w.dataset.state };
+      });
+      check(redraw.runs === 0 && redraw.draws === 2 && redraw.state === 'ready', `widget: opacity and threshold redraw without a new pass ${JSON.stringify(redraw)}`);
       await docs.screenshot({ path: path.join(shots, 'widgets.png'), fullPage: true });
       await docs.close();
     }
