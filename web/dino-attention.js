@@ -27,13 +27,60 @@ async function initWasm() {
   return wasm;
 }
 
-/** The page's engine: WebGPU unless `?backend=cpu` or `window.DINO_BACKEND = 'cpu'`. */
+/** The engine in a Web Worker (dino-worker.js): the same calls as the wasm `Engine`, as
+ *  promises; the worker runs the model and the main thread only draws, so the page answers
+ *  input during a pass. Results arrive as parts and become an `Analysis` of the main thread's
+ *  wasm module, which draws the maps. */
+class WorkerEngine {
+  constructor(wasm, worker) {
+    this.wasm = wasm;
+    this.worker = worker;
+    this.pending = new Map();
+    this.nextId = 0;
+    worker.onmessage = ({ data }) => {
+      const p = this.pending.get(data.id);
+      this.pending.delete(data.id);
+      if (data.ok) p.resolve(data.result); else p.reject(new Error(data.error));
+    };
+    worker.onerror = (e) => {
+      for (const p of this.pending.values()) p.reject(new Error(`worker: ${e.message || 'failed to start'}`));
+      this.pending.clear();
+    };
+  }
+  call(message) {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.worker.postMessage({ ...message, id });
+    });
+  }
+  async start(webgpu) { this.backendName = await this.call({ op: 'init', webgpu }); return this; }
+  backend() { return this.backendName; }
+  /** Resolves to the model's JSON description; rejects with the loader's message. */
+  load_weights(name, file, bytes) { return this.call({ op: 'load', name, file, bytes }); }
+  async analyze(name, bytes, size) {
+    const p = await this.call({ op: 'analyze', name, bytes, size });
+    return new this.wasm.Analysis(p.values, p.heads, p.grid_h, p.grid_w, p.image, p.width, p.height, p.patch, p.forward_ms);
+  }
+}
+
+/** The page's engine: WebGPU unless `?backend=cpu` or `window.DINO_BACKEND = 'cpu'`; in a Web
+ *  Worker unless `?worker=0` (or where workers cannot start: then on the main thread). */
 export function getEngine() {
   if (!enginePromise) {
     enginePromise = (async () => {
       const wasm = await initWasm();
-      const forced = new URLSearchParams(location.search).get('backend') || window.DINO_BACKEND;
-      return wasm.create_engine(forced !== 'cpu');
+      const params = new URLSearchParams(location.search);
+      const webgpu = (params.get('backend') || window.DINO_BACKEND) !== 'cpu';
+      if (params.get('worker') !== '0') {
+        try {
+          const worker = new Worker(new URL('dino-worker.js', here), { type: 'module' });
+          return await new WorkerEngine(wasm, worker).start(webgpu);
+        } catch (e) {
+          console.warn(`Web Worker unavailable (${e.message || e}); the model runs on the main thread`);
+        }
+      }
+      return wasm.create_engine(webgpu);
     })();
   }
   return enginePromise;
@@ -63,7 +110,7 @@ export function loadModel(url = DEFAULT_WEIGHTS) {
     models.set(key, (async () => {
       const engine = await getEngine();
       const bytes = await fetchWeights(key);
-      const info = JSON.parse(engine.load_weights(key, key.split('/').pop(), bytes));
+      const info = JSON.parse(await engine.load_weights(key, key.split('/').pop(), bytes));
       return { name: key, info };
     })());
     models.get(key).catch(() => models.delete(key));

@@ -19,8 +19,19 @@ use dino_shared::VisionTransformer;
 use image::RgbImage;
 use wasm_bindgen::prelude::*;
 
+/// A property of the global object (the window on a page, the worker's scope in a Web Worker).
+fn global_property(name: &str) -> Option<JsValue> {
+    js_sys::Reflect::get(&js_sys::global(), &JsValue::from_str(name)).ok().filter(|v| !v.is_undefined())
+}
+
+/// `performance.now()` in milliseconds, on a page or in a worker (0 where there is none).
 fn now_ms() -> f64 {
-    web_sys::window().and_then(|w| w.performance()).map(|p| p.now()).unwrap_or(0.0)
+    global_property("performance")
+        .and_then(|p| {
+            let now = js_sys::Reflect::get(&p, &JsValue::from_str("now")).ok()?;
+            now.dyn_ref::<js_sys::Function>()?.call0(&p).ok()?.as_f64()
+        })
+        .unwrap_or(0.0)
 }
 
 struct State {
@@ -42,8 +53,8 @@ pub struct Engine {
 pub async fn create_engine(prefer_webgpu: bool) -> Engine {
     let mut backend = "cpu".to_string();
     let mut device = Device::flex();
-    let has_gpu = web_sys::window()
-        .map(|w| js_sys::Reflect::has(&w.navigator(), &JsValue::from_str("gpu")).unwrap_or(false))
+    let has_gpu = global_property("navigator")
+        .map(|n| js_sys::Reflect::has(&n, &JsValue::from_str("gpu")).unwrap_or(false))
         .unwrap_or(false);
     if prefer_webgpu && has_gpu {
         match Device::wgpu_options().graphics_api(burn::tensor::wgpu::WgpuBackend::WebGpu).init_async().await {
@@ -134,6 +145,46 @@ pub struct Analysis {
 
 #[wasm_bindgen]
 impl Analysis {
+    /// An analysis from its parts, as a Web Worker that ran the model posts them back: the
+    /// per-head maps [heads, grid_h, grid_w], the model's input picture (`width` x `height` RGB
+    /// bytes, a patch-size multiple of the grid), the patch size and the time of the pass.
+    /// Errors when the sizes do not agree.
+    #[wasm_bindgen(constructor)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        values: Vec<f32>,
+        heads: usize,
+        grid_h: usize,
+        grid_w: usize,
+        image_rgb: Vec<u8>,
+        width: u32,
+        height: u32,
+        patch: usize,
+        forward_ms: f64,
+    ) -> Result<Analysis, JsError> {
+        let fits = heads > 0
+            && values.len() == heads * grid_h * grid_w
+            && grid_w * patch == width as usize
+            && grid_h * patch == height as usize
+            && image_rgb.len() == width as usize * height as usize * 3;
+        if !fits {
+            return Err(JsError::new(&format!(
+                "analysis parts do not agree: {} values for {heads} heads of {grid_h} x {grid_w}, {} bytes for a {width} x {height} picture, patch {patch}",
+                values.len(),
+                image_rgb.len()
+            )));
+        }
+        let image = RgbImage::from_raw(width, height, image_rgb).ok_or_else(|| JsError::new("picture bytes do not fit its size"))?;
+        Ok(Analysis { maps: AttentionMaps { heads, grid_h, grid_w, values }, image, patch, forward_ms })
+    }
+    /// The model's input picture as RGB bytes, `width() x height()` (what the maps are drawn over).
+    pub fn image_rgb(&self) -> Vec<u8> {
+        self.image.as_raw().clone()
+    }
+    /// Patch size of the model in pixels.
+    pub fn patch(&self) -> usize {
+        self.patch
+    }
     pub fn heads(&self) -> usize {
         self.maps.heads
     }

@@ -8,7 +8,8 @@
 // working; weights whose metadata is wrong (heads that do not divide the width) are refused with
 // a message and the loaded model keeps working; of two pictures given one after the other the
 // page shows the second; a reload takes the weights from the browser's cache (no download);
-// the widget redraws without running the model again when only opacity or threshold change.
+// the widget redraws without running the model again when only opacity or threshold change; the
+// main thread answers (timers keep firing) while the model runs in its Web Worker.
 // Screenshots go to SCREENSHOT_DIR.
 import { chromium } from 'playwright-core';
 import http from 'node:http';
@@ -170,6 +171,24 @@ for (const [label, webgpu, query] of [['webgpu', true, ''], ['cpu', false, '']])
         const reloaded = await page.evaluate(() => ({ ...window.dinoPage }));
         check(reloaded.ready && page.weightRequests === requests && requests >= 1, `${label}: a reload takes the weights from the browser's cache (${page.weightRequests - requests} new downloads, ${requests} before)`);
       }
+      // The model runs in a Web Worker: during a pass at 56 x 56 patches (seconds on the CPU
+      // path) the main thread keeps running timers every 20 ms.
+      const responsive = await page.evaluate(async () => {
+        const runs = window.dinoPage.runs;
+        let last = performance.now(), maxGap = 0, ticks = 0;
+        const timer = setInterval(() => { const t = performance.now(); maxGap = Math.max(maxGap, t - last); last = t; ticks++; }, 20);
+        const side = document.getElementById('grid-side');
+        side.value = '56';
+        side.dispatchEvent(new Event('change'));
+        while (window.dinoPage.runs === runs && !window.dinoPage.error) await new Promise((r) => setTimeout(r, 20));
+        clearInterval(timer);
+        const forwardMs = window.dinoPage.forwardMs;
+        side.value = '28';
+        side.dispatchEvent(new Event('change'));
+        while (window.dinoPage.runs === runs + 1 && !window.dinoPage.error) await new Promise((r) => setTimeout(r, 20));
+        return { maxGap, ticks, forwardMs, error: window.dinoPage.error };
+      });
+      check(!responsive.error && responsive.maxGap < 250 && responsive.ticks >= 5, `${label}: the page answers during a pass (longest pause of the main thread ${responsive.maxGap.toFixed(0)} ms, ${responsive.ticks} timer ticks, pass ${responsive.forwardMs.toFixed(0)} ms)`);
     }
     if (!webgpu) {
       // A click on a held-out picture runs the model on it.
