@@ -8,7 +8,9 @@
 // shipped next to this file), heads ("mean": head-mean overlay, "all": one map per head),
 // threshold (draw the official cumulative-mass masks), size (the model input's shorter side in
 // px, the aspect ratio kept; default 28 patches),
-// opacity (0..1). Every widget on a page shares one engine (one device) and one copy of each model.
+// opacity (0..1). Every widget on a page shares one engine (one device, in one Web Worker:
+// dino-worker.js, next to this file) and one copy of each model; changing opacity, threshold or
+// heads redraws without running the model again.
 
 const here = new URL('.', import.meta.url);
 let enginePromise = null;

@@ -3,8 +3,10 @@
 //! picture drawn (heat maps, overlays, threshold masks) come from `dino-shared`, so the page
 //! shows the same numbers as `dino attention` on the command line.
 //!
-//! JavaScript sees three things: [`create_engine`] (once per page; every widget shares it),
-//! [`Engine::load_weights`] and [`Engine::analyze`], which returns an [`Analysis`] to draw from.
+//! JavaScript sees three things: [`create_engine`] (once per page, in the page's Web Worker,
+//! `dino-worker.js`; every widget shares it), [`Engine::load_weights`] and [`Engine::analyze`],
+//! which returns an [`Analysis`]; the worker posts its parts back and the main thread rebuilds it
+//! with [`Analysis::new`] to draw from.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
