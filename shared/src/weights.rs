@@ -11,22 +11,56 @@ use std::collections::HashMap;
 use burn::tensor::Device;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::config::{HeadConfig, VitConfig};
+use crate::config::{ConfigError, HeadConfig, VitConfig};
 use crate::head::DinoHead;
-use crate::state_dict::{load_state_dict, to_state_dict, HostTensor, StateDict};
+use crate::state_dict::{load_state_dict, to_state_dict, HostTensor, LoadMismatch, StateDict};
 use crate::vit::VisionTransformer;
 
 /// A problem with one weights file: `Display` gives one line naming the file.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}: {message}")]
+#[error("{file}: {kind}")]
 pub struct WeightsError {
+    /// The path, or the name of a dropped file.
     pub file: String,
-    pub message: String,
+    #[source]
+    pub kind: WeightsErrorKind,
+}
+
+/// What is wrong with a weights file.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsErrorKind {
+    #[error("the file is empty")]
+    Empty,
+    #[error("not a weights file (expected safetensors, or a PyTorch .pth natively)")]
+    NotWeights,
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    /// The file's structure: a malformed safetensors or pickle, a missing model in a training
+    /// checkpoint, bad metadata JSON, tensors no architecture fits.
+    #[error("{0}")]
+    Format(String),
+    /// `dino export` metadata that does not describe the tensors the file holds.
+    #[error("the '{part}' metadata {metadata} does not match the tensors {tensors}")]
+    MetadataMismatch { part: &'static str, metadata: String, tensors: String },
+    /// An architecture that cannot be (heads that do not divide the width, ...).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("unknown --arch {0} (vit_tiny, vit_small or vit_base)")]
+    UnknownArch(String),
+    /// The tensors do not fill the model: missing, unexpected or mis-shaped keys.
+    #[error("weights do not fit {model} ({detail})")]
+    DoNotFit { model: String, detail: LoadMismatch },
 }
 
 impl WeightsError {
-    pub fn new(file: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { file: file.into(), message: message.into() }
+    pub fn new(file: impl Into<String>, kind: impl Into<WeightsErrorKind>) -> Self {
+        Self { file: file.into(), kind: kind.into() }
+    }
+}
+
+impl From<String> for WeightsErrorKind {
+    fn from(message: String) -> Self {
+        WeightsErrorKind::Format(message)
     }
 }
 
@@ -145,11 +179,8 @@ impl WeightsFile {
     pub fn from_safetensors_bytes(name: &str, bytes: &[u8], checkpoint_key: &str) -> Result<Self, WeightsError> {
         let err = |m: String| WeightsError::new(name, m);
         if !is_safetensors(bytes) {
-            return Err(err(if bytes.is_empty() {
-                "the file is empty".into()
-            } else {
-                "not a weights file (expected safetensors, or a PyTorch .pth natively)".into()
-            }));
+            let kind = if bytes.is_empty() { WeightsErrorKind::Empty } else { WeightsErrorKind::NotWeights };
+            return Err(WeightsError::new(name, kind));
         }
         let (all, meta) = parse_safetensors(bytes).map_err(err)?;
         let names: Vec<String> = all.keys().cloned().collect();
@@ -172,7 +203,7 @@ impl WeightsFile {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read(path: &std::path::Path, checkpoint_key: &str) -> Result<Self, WeightsError> {
         let name = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| WeightsError::new(&name, format!("cannot read: {e}")))?;
+        let bytes = std::fs::read(path).map_err(|e| WeightsError::new(&name, e))?;
         if is_safetensors(&bytes) {
             return Self::from_safetensors_bytes(&name, &bytes, checkpoint_key);
         }
@@ -186,7 +217,7 @@ impl WeightsFile {
     /// always validated ([`VitConfig::validate`]).
     pub fn vit_config(&self, spec: &ArchSpec) -> Result<VitConfig, WeightsError> {
         let cfg = self.unchecked_vit_config(spec)?;
-        cfg.validate().map_err(|e| WeightsError::new(&self.name, e.to_string()))?;
+        cfg.validate().map_err(|e| WeightsError::new(&self.name, e))?;
         Ok(cfg)
     }
 
@@ -198,11 +229,14 @@ impl WeightsFile {
             let found = infer_vit_config(&self.backbone, Some(cfg.num_heads)).map_err(err)?;
             let shape = |c: &VitConfig| (c.in_chans, c.patch_size, c.embed_dim, c.depth, c.img_size, c.mlp_hidden());
             if shape(&found) != shape(cfg) {
-                return Err(err(format!(
-                    "the 'vit' metadata (channels, patch, dim, depth, image size, MLP width = {:?}) does not match the tensors ({:?})",
-                    shape(cfg),
-                    shape(&found)
-                )));
+                return Err(WeightsError::new(
+                    &self.name,
+                    WeightsErrorKind::MetadataMismatch {
+                        part: "vit",
+                        metadata: format!("(channels, patch, dim, depth, image size, MLP width = {:?})", shape(cfg)),
+                        tensors: format!("({:?})", shape(&found)),
+                    },
+                ));
             }
             let mut cfg = cfg.clone();
             if let Some(h) = spec.num_heads {
@@ -219,7 +253,7 @@ impl WeightsFile {
                     (None, Err(_)) => 16,
                 };
                 let mut cfg = VitConfig::from_arch(arch, patch)
-                    .ok_or_else(|| err(format!("unknown --arch {arch} (vit_tiny, vit_small or vit_base)")))?;
+                    .ok_or_else(|| WeightsError::new(&self.name, WeightsErrorKind::UnknownArch(arch.clone())))?;
                 if let Ok(found) = &inferred {
                     // The position embedding's grid is whatever the file holds (224/p for the
                     // released models); any image size is served by interpolation.
@@ -244,14 +278,18 @@ impl WeightsFile {
                 if shape(cfg) != shape(&found) {
                     return Err(WeightsError::new(
                         &self.name,
-                        format!("the 'head' metadata {:?} does not match the head tensors {:?}", shape(cfg), shape(&found)),
+                        WeightsErrorKind::MetadataMismatch {
+                            part: "head",
+                            metadata: format!("{:?}", shape(cfg)),
+                            tensors: format!("{:?}", shape(&found)),
+                        },
                     ));
                 }
                 cfg.clone()
             }
             None => found,
         };
-        cfg.validate().map_err(|e| WeightsError::new(&self.name, e.to_string()))?;
+        cfg.validate().map_err(|e| WeightsError::new(&self.name, e))?;
         Ok(Some(cfg))
     }
 
@@ -259,9 +297,8 @@ impl WeightsFile {
     pub fn backbone_model(&self, spec: &ArchSpec, device: &Device) -> Result<VisionTransformer, WeightsError> {
         let cfg = self.vit_config(spec)?;
         let model = VisionTransformer::new(&cfg, device);
-        load_state_dict(model, &self.backbone).map_err(|m| {
-            WeightsError::new(&self.name, format!("weights do not fit {} ({m})", cfg.arch_name()))
-        })
+        load_state_dict(model, &self.backbone)
+            .map_err(|detail| WeightsError::new(&self.name, WeightsErrorKind::DoNotFit { model: cfg.arch_name(), detail }))
     }
 
     /// The DINO head, when the file has one.
@@ -270,7 +307,7 @@ impl WeightsFile {
         let head = DinoHead::new(&cfg, device);
         load_state_dict(head, &self.head)
             .map(Some)
-            .map_err(|m| WeightsError::new(&self.name, format!("DINO head weights do not fit ({m})")))
+            .map_err(|detail| WeightsError::new(&self.name, WeightsErrorKind::DoNotFit { model: "the DINO head".into(), detail }))
     }
 }
 
