@@ -215,14 +215,16 @@ impl Analysis {
         let hm = heatmap(&self.maps.mean(), self.maps.grid_h, self.maps.grid_w, self.patch);
         rgba(&overlay(&self.image, &hm, opacity))
     }
-    /// Head `j`'s map coloured and blended over the picture.
-    pub fn head_rgba(&self, j: usize, opacity: f32) -> Vec<u8> {
+    /// Head `j`'s map coloured and blended over the picture; an error when `j >= heads()`.
+    pub fn head_rgba(&self, j: usize, opacity: f32) -> Result<Vec<u8>, JsError> {
+        self.check_head(j)?;
         let hm = heatmap(self.maps.head(j), self.maps.grid_h, self.maps.grid_w, self.patch);
-        rgba(&overlay(&self.image, &hm, opacity))
+        Ok(rgba(&overlay(&self.image, &hm, opacity)))
     }
-    /// Head `j`'s official threshold mask drawn over the picture.
-    pub fn mask_rgba(&self, j: usize, threshold: f32) -> Vec<u8> {
-        rgba(&draw_mask(&self.image, &self.maps.threshold_mask(j, threshold), self.maps.grid_h, self.maps.grid_w, self.patch, head_color(j)))
+    /// Head `j`'s official threshold mask drawn over the picture; an error when `j >= heads()`.
+    pub fn mask_rgba(&self, j: usize, threshold: f32) -> Result<Vec<u8>, JsError> {
+        self.check_head(j)?;
+        Ok(rgba(&draw_mask(&self.image, &self.maps.threshold_mask(j, threshold), self.maps.grid_h, self.maps.grid_w, self.patch, head_color(j))))
     }
     /// All heads' masks over one picture (each head in its colour).
     pub fn masks_rgba(&self, threshold: f32) -> Vec<u8> {
@@ -231,5 +233,15 @@ impl Analysis {
             img = draw_mask(&img, &self.maps.threshold_mask(j, threshold), self.maps.grid_h, self.maps.grid_w, self.patch, head_color(j));
         }
         rgba(&img)
+    }
+}
+
+impl Analysis {
+    fn check_head(&self, j: usize) -> Result<(), JsError> {
+        if j < self.maps.heads {
+            Ok(())
+        } else {
+            Err(JsError::new(&format!("no head {j}: the model has {} heads", self.maps.heads)))
+        }
     }
 }
