@@ -22,7 +22,7 @@ use crate::vit::VisionTransformer;
 pub struct WeightsError {
     /// The path, or the name of a dropped file.
     pub file: String,
-    #[source]
+    /// In the message already (not a `#[source]`, so error chains do not print it twice).
     pub kind: WeightsErrorKind,
 }
 
