@@ -41,13 +41,16 @@ class WorkerEngine {
     this.nextId = 0;
     worker.onmessage = ({ data }) => {
       const p = this.pending.get(data.id);
+      if (!p) return; // its call was already rejected by an error
       this.pending.delete(data.id);
       if (data.ok) p.resolve(data.result); else p.reject(new Error(data.error));
     };
-    worker.onerror = (e) => {
-      for (const p of this.pending.values()) p.reject(new Error(`worker: ${e.message || 'failed to start'}`));
+    const failAll = (message) => {
+      for (const p of this.pending.values()) p.reject(new Error(`worker: ${message}`));
       this.pending.clear();
     };
+    worker.onerror = (e) => failAll(e.message || 'failed to start');
+    worker.onmessageerror = () => failAll('a reply could not be read');
   }
   call(message) {
     const id = this.nextId++;
@@ -75,10 +78,12 @@ export function getEngine() {
       const params = new URLSearchParams(location.search);
       const webgpu = (params.get('backend') || window.DINO_BACKEND) !== 'cpu';
       if (params.get('worker') !== '0') {
+        let worker = null;
         try {
-          const worker = new Worker(new URL('dino-worker.js', here), { type: 'module' });
+          worker = new Worker(new URL('dino-worker.js', here), { type: 'module' });
           return await new WorkerEngine(wasm, worker).start(webgpu);
         } catch (e) {
+          if (worker) worker.terminate();
           console.warn(`Web Worker unavailable (${e.message || e}); the model runs on the main thread`);
         }
       }
@@ -90,12 +95,24 @@ export function getEngine() {
 
 export const DEFAULT_WEIGHTS = new URL('dino-default.safetensors', here).href;
 
-/** The bytes of a weights file. Weights are kept by the browser (Cache API, one cache per
- *  release of this module), so a reload does not download them again; where the Cache API is
- *  missing (insecure origins) this is a plain fetch. */
+/** The bytes of a weights file. Weights are kept by the browser (Cache API), keyed by URL, so a
+ *  reload does not download them again; where the Cache API is missing (insecure origins) this
+ *  is a plain fetch. A release that changes a file at the same URL (the default model) bumps
+ *  WEIGHTS_CACHE; older caches are deleted on the first load. */
 export const WEIGHTS_CACHE = 'dino-weights-v1';
+async function weightsCache() {
+  if (!self.caches) return null;
+  try {
+    for (const name of await caches.keys()) {
+      if (name.startsWith('dino-weights-') && name !== WEIGHTS_CACHE) await caches.delete(name);
+    }
+    return await caches.open(WEIGHTS_CACHE);
+  } catch {
+    return null;
+  }
+}
 async function fetchWeights(url) {
-  const cache = self.caches ? await caches.open(WEIGHTS_CACHE).catch(() => null) : null;
+  const cache = await weightsCache();
   let res = cache ? await cache.match(url) : undefined;
   if (!res) {
     res = await fetch(url);
@@ -112,8 +129,14 @@ export function loadModel(url = DEFAULT_WEIGHTS) {
     models.set(key, (async () => {
       const engine = await getEngine();
       const bytes = await fetchWeights(key);
-      const info = JSON.parse(await engine.load_weights(key, key.split('/').pop(), bytes));
-      return { name: key, info };
+      try {
+        const info = JSON.parse(await engine.load_weights(key, key.split('/').pop(), bytes));
+        return { name: key, info };
+      } catch (e) {
+        // A refused file does not stay in the cache.
+        if (self.caches) await caches.open(WEIGHTS_CACHE).then((c) => c.delete(key)).catch(() => {});
+        throw e;
+      }
     })());
     models.get(key).catch(() => models.delete(key));
   }
@@ -212,6 +235,7 @@ class DinoAttention extends HTMLElement {
       this.dispatchEvent(new CustomEvent('dino-ready', { detail: analysis, bubbles: true }));
     } catch (e) {
       if (gen !== this.generation) return;
+      this.analysis = null; // nothing to redraw: the maps shown no longer match the attributes
       this.statusEl.className = 'status error';
       this.statusEl.textContent = String(e.message || e);
       this.dataset.state = 'error';

@@ -164,11 +164,15 @@ impl Analysis {
         patch: usize,
         forward_ms: f64,
     ) -> Result<Analysis, JsError> {
+        let product = |factors: &[usize]| factors.iter().try_fold(1usize, |acc, &f| acc.checked_mul(f));
         let fits = heads > 0
-            && values.len() == heads * grid_h * grid_w
-            && grid_w * patch == width as usize
-            && grid_h * patch == height as usize
-            && image_rgb.len() == width as usize * height as usize * 3;
+            && grid_h > 0
+            && grid_w > 0
+            && patch > 0
+            && product(&[heads, grid_h, grid_w]) == Some(values.len())
+            && product(&[grid_w, patch]) == Some(width as usize)
+            && product(&[grid_h, patch]) == Some(height as usize)
+            && product(&[width as usize, height as usize, 3]) == Some(image_rgb.len());
         if !fits {
             return Err(JsError::new(&format!(
                 "analysis parts do not agree: {} values for {heads} heads of {grid_h} x {grid_w}, {} bytes for a {width} x {height} picture, patch {patch}",
