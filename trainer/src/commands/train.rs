@@ -61,26 +61,35 @@ impl TrainArgs {
         Self::from_arg_matches(&cmd.try_get_matches_from(args)?)
     }
 
-    /// Preset (small without --data_path), then the TOML file, then flags.
+    /// Preset (small without a data path, imagenet with one, from the flags or the file), then
+    /// the TOML file, then flags.
     pub fn resolve(&self) -> anyhow::Result<TrainConfig> {
         use clap::FromArgMatches;
-        let data_path_given = self.matches.get_one::<PathBuf>("data_path").is_some();
+        // One line naming the file (toml's messages span several lines).
+        let file: Option<(&PathBuf, toml::Table)> = match &self.run.config {
+            Some(path) => {
+                let bad = |e: &dyn std::fmt::Display| {
+                    anyhow::anyhow!("{}: {}", path.display(), e.to_string().split_whitespace().collect::<Vec<_>>().join(" "))
+                };
+                let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+                Some((path, text.parse().map_err(|e| bad(&e))?))
+            }
+            None => None,
+        };
+        let data_path_given = self.matches.get_one::<PathBuf>("data_path").is_some()
+            || file.as_ref().is_some_and(|(_, t)| t.contains_key("data_path"));
         let preset = self.run.preset.unwrap_or(if data_path_given { Preset::Imagenet } else { Preset::Small });
         let mut cfg = preset.config();
         if !data_path_given {
             cfg.output_dir = PathBuf::from("output");
         }
-        if let Some(path) = &self.run.config {
-            let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+        if let Some((path, file)) = file {
             // Keys absent from the file keep the preset's values.
             let mut table: toml::Table = toml::to_string(&cfg)?.parse()?;
-            // One line naming the file (toml's messages span several lines).
-            let bad = |e: &dyn std::fmt::Display| {
-                anyhow::anyhow!("{}: {}", path.display(), e.to_string().split_whitespace().collect::<Vec<_>>().join(" "))
-            };
-            let file: toml::Table = text.parse().map_err(|e| bad(&e))?;
             table.extend(file);
-            cfg = table.try_into().map_err(|e| bad(&e))?;
+            cfg = table.try_into().map_err(|e: toml::de::Error| {
+                anyhow::anyhow!("{}: {}", path.display(), e.to_string().split_whitespace().collect::<Vec<_>>().join(" "))
+            })?;
         }
         // The flags given, over the preset and the file.
         cfg.update_from_arg_matches(&self.matches).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim()))?;
@@ -169,6 +178,9 @@ mod tests {
         std::fs::write(&file, "no_such_flag = 1\n").unwrap();
         let err = with_file(&[]).unwrap_err().to_string();
         assert!(err.contains("no_such_flag"), "{err}");
+        // A data path in the file chooses the preset as the flag does.
+        std::fs::write(&file, "data_path = \"/data/x\"\n").unwrap();
+        assert_eq!(with_file(&[]).unwrap().arch, "vit_small");
         std::fs::write(&file, "blur_radius = [0.1, 0.5, 2.0]\n").unwrap();
         let err = with_file(&[]).unwrap_err().to_string();
         assert!(err.contains("--blur_radius takes two numbers"), "{err}");
