@@ -290,7 +290,8 @@ def mode_augment(args):
 
 def save_backbone(model, path):
     from safetensors.torch import save_file
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, path)
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, path + ".tmp")
+    os.replace(path + ".tmp", path)  # atomic: a reader never sees half a file
 
 
 def eval_transform(size):
@@ -377,6 +378,8 @@ def mode_train(args):
                "kl": float(np.mean(losses) - np.mean(entropies)), "train_s": round(train_secs, 1)}
         if args.eval_every and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == epochs):
             rec["knn20"] = knn_top1(teacher.backbone, eval_root, cfg["global_size"])
+            # The teacher so far, so that a long run stopped early still leaves a model to score.
+            save_backbone(teacher.backbone, os.path.join(args.output_dir, "teacher.safetensors"))
         log.append(rec)
         print(json.dumps(rec), flush=True)
     secs = time.perf_counter() - start

@@ -16,20 +16,27 @@ pub struct AttentionMaps {
 }
 
 impl AttentionMaps {
-    /// `attn` is one image's last-block attention, [heads, N+1, N+1] row-major with CLS first;
-    /// keeps row 0 (the CLS query) without its first column: `attn[:, 0, 1:]`.
-    pub fn from_last_attention(attn: &[f32], heads: usize, grid_h: usize, grid_w: usize) -> Self {
-        let n1 = grid_h * grid_w + 1;
-        assert_eq!(attn.len(), heads * n1 * n1, "attention of {} values is not {heads} x {n1} x {n1}", attn.len());
-        let rows: Vec<f32> = (0..heads).flat_map(|h| attn[h * n1 * n1..h * n1 * n1 + n1].iter().copied()).collect();
-        Self::from_cls_rows(&rows, heads, grid_h, grid_w)
+    /// `attn` is one image's attention, [heads, T, T] row-major with T = `prefix` + patches
+    /// (CLS first, then the registers of DINOv2 models); keeps row 0 (the CLS query) without
+    /// the prefix columns: `attn[:, 0, prefix:]` (official `attentions[0, :, 0, 1:]` for v1).
+    ///
+    /// # Panics
+    /// When `attn` is not [heads, T, T] (callers check shapes: `inference::attention_maps`).
+    pub fn from_attention(attn: &[f32], heads: usize, prefix: usize, grid_h: usize, grid_w: usize) -> Self {
+        let t = grid_h * grid_w + prefix;
+        assert_eq!(attn.len(), heads * t * t, "attention of {} values is not {heads} x {t} x {t}", attn.len());
+        let rows: Vec<f32> = (0..heads).flat_map(|h| attn[h * t * t..h * t * t + t].iter().copied()).collect();
+        Self::from_cls_rows(&rows, heads, prefix, grid_h, grid_w)
     }
 
-    /// From the CLS query rows only, [heads, N+1] (CLS column first).
-    pub fn from_cls_rows(rows: &[f32], heads: usize, grid_h: usize, grid_w: usize) -> Self {
-        let n1 = grid_h * grid_w + 1;
-        assert_eq!(rows.len(), heads * n1, "CLS rows of {} values are not {heads} x {n1}", rows.len());
-        let values = (0..heads).flat_map(|h| rows[h * n1 + 1..(h + 1) * n1].iter().copied()).collect();
+    /// From the CLS query rows only, [heads, T] (the `prefix` columns first).
+    ///
+    /// # Panics
+    /// When `rows` is not [heads, T].
+    pub fn from_cls_rows(rows: &[f32], heads: usize, prefix: usize, grid_h: usize, grid_w: usize) -> Self {
+        let t = grid_h * grid_w + prefix;
+        assert_eq!(rows.len(), heads * t, "CLS rows of {} values are not {heads} x {t}", rows.len());
+        let values = (0..heads).flat_map(|h| rows[h * t + prefix..(h + 1) * t].iter().copied()).collect();
         Self { heads, grid_h, grid_w, values }
     }
 
@@ -192,7 +199,7 @@ mod tests {
     fn cls_row_without_cls_column() {
         // 1 head, grid 1x2: N+1 = 3.
         let attn = [0.0, 0.25, 0.75, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0];
-        let m = AttentionMaps::from_last_attention(&attn, 1, 1, 2);
+        let m = AttentionMaps::from_attention(&attn, 1, 1, 1, 2);
         assert_eq!(m.values, vec![0.25, 0.75]);
     }
 

@@ -18,6 +18,29 @@ pub struct VitConfig {
     /// Stochastic depth: rises linearly from 0 to this over the blocks (student only).
     #[serde(default)]
     pub drop_path_rate: f64,
+    /// DINOv2 register tokens (0 or 4 in the released models): learned tokens inserted after
+    /// CLS, with no position embedding (official DINOv2 `register_tokens`).
+    #[serde(default)]
+    pub num_register_tokens: usize,
+    /// DINOv2 LayerScale: each residual branch is scaled per channel by a learned `gamma`
+    /// (official DINOv2 `layers/layer_scale.py`, keys `ls1.gamma`, `ls2.gamma`).
+    #[serde(default)]
+    pub layer_scale: bool,
+    /// The blocks' feed-forward layer (official DINOv2 `ffn_layer`).
+    #[serde(default)]
+    pub ffn_layer: FfnLayer,
+}
+
+/// The feed-forward layer of a block (official DINOv2 `ffn_layer` argument).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FfnLayer {
+    /// fc1 -> exact GELU -> fc2 (DINO v1, DINOv2 ViT-S/B/L).
+    #[default]
+    Mlp,
+    /// Official DINOv2 `SwiGLUFFNFused` (ViT-g): `w12` -> halves x1, x2 -> SiLU(x1) * x2 -> `w3`.
+    #[serde(rename = "swiglufused")]
+    SwiGluFused,
 }
 
 impl VitConfig {
@@ -39,12 +62,27 @@ impl VitConfig {
             num_heads,
             mlp_ratio: 4.0,
             drop_path_rate: 0.0,
+            num_register_tokens: 0,
+            layer_scale: false,
+            ffn_layer: FfnLayer::Mlp,
         })
     }
 
     /// A free configuration, e.g. for 28-64 px images.
     pub fn custom(img_size: usize, patch_size: usize, embed_dim: usize, depth: usize, num_heads: usize) -> Self {
-        Self { img_size, patch_size, in_chans: 3, embed_dim, depth, num_heads, mlp_ratio: 4.0, drop_path_rate: 0.0 }
+        Self {
+            img_size,
+            patch_size,
+            in_chans: 3,
+            embed_dim,
+            depth,
+            num_heads,
+            mlp_ratio: 4.0,
+            drop_path_rate: 0.0,
+            num_register_tokens: 0,
+            layer_scale: false,
+            ffn_layer: FfnLayer::Mlp,
+        }
     }
 
     /// Check that this shape can be built and run: every loader (`.pth`, safetensors, the page's
@@ -79,6 +117,12 @@ impl VitConfig {
         if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0 && self.mlp_ratio <= 64.0) {
             return Err(MlpRatio(self.mlp_ratio));
         }
+        if self.num_register_tokens > 256 {
+            return Err(OutOfRange { what: "register token count", value: self.num_register_tokens, max: 256 });
+        }
+        if self.mlp_hidden() == 0 {
+            return Err(MlpRatio(self.mlp_ratio));
+        }
         if !(0.0..1.0).contains(&self.drop_path_rate) {
             return Err(DropPath(self.drop_path_rate));
         }
@@ -95,8 +139,20 @@ impl VitConfig {
         self.img_size / self.patch_size
     }
 
+    /// Width of the feed-forward layer: `embed_dim * mlp_ratio`, or for SwiGLU official
+    /// `SwiGLUFFNFused`'s `(int(hidden * 2 / 3) + 7) // 8 * 8` of it (4096 for ViT-g).
     pub fn mlp_hidden(&self) -> usize {
-        (self.embed_dim as f64 * self.mlp_ratio) as usize
+        let hidden = (self.embed_dim as f64 * self.mlp_ratio) as usize;
+        match self.ffn_layer {
+            FfnLayer::Mlp => hidden,
+            FfnLayer::SwiGluFused => (hidden * 2 / 3 + 7) / 8 * 8,
+        }
+    }
+
+    /// Tokens before the patch tokens: CLS and the registers (DINOv2 `num_register_tokens`).
+    /// Every consumer of the token sequence (attention maps, patch features) skips these.
+    pub fn num_prefix_tokens(&self) -> usize {
+        1 + self.num_register_tokens
     }
 
     /// The official name when this is one of the presets (used in file metadata and logs).
@@ -113,6 +169,21 @@ impl VitConfig {
             }
         }
         format!("vit_d{}x{}h{}p{}", self.embed_dim, self.depth, self.num_heads, self.patch_size)
+    }
+
+    /// [`arch_name`](Self::arch_name) plus the DINOv2 parts: `_reg4`, `_ls`, `_swiglu`.
+    pub fn model_name(&self) -> String {
+        let mut name = self.arch_name();
+        if self.num_register_tokens > 0 {
+            name += &format!("_reg{}", self.num_register_tokens);
+        }
+        if self.layer_scale {
+            name += "_ls";
+        }
+        if self.ffn_layer == FfnLayer::SwiGluFused {
+            name += "_swiglu";
+        }
+        name
     }
 }
 

@@ -2,9 +2,11 @@
 //!
 //! - [`vit::VisionTransformer`] and [`head::DinoHead`]: DINO's ViT and projection head,
 //!   numerically equal to the official PyTorch code (see the parity tests).
-//! - [`weights`]: official `.pth` checkpoints, timm safetensors, export.
+//! - [`weights`]: official DINO / DINOv2 `.pth` checkpoints, timm and HF layouts
+//!   ([`layouts`]), export.
 //! - [`preprocess`]: image -> normalised tensor, identical on native and web.
 //! - [`attention_maps`]: per-head CLS attention, threshold masks, colour maps and overlays.
+//! - [`views`]: PCA of patch features and patch similarity.
 
 pub mod attention;
 pub mod attention_maps;
@@ -12,9 +14,11 @@ pub mod config;
 pub mod head;
 pub mod inference;
 mod init;
+pub mod layouts;
 pub mod pos_embed;
 pub mod preprocess;
 pub mod state_dict;
+pub mod views;
 pub mod vit;
 pub mod weights;
 

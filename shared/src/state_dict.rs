@@ -98,50 +98,72 @@ impl fmt::Display for LoadMismatch {
     }
 }
 
-/// Official name of a parameter from its path in our module tree.
-pub fn official_name(module_path: &[String]) -> String {
-    let mut parts: Vec<String> = module_path.to_vec();
-    let n = parts.len();
-    // DINO head: `mlp.<i>` of our Vec<Linear> is `mlp.<2i>` of the official nn.Sequential.
-    // (The backbone's `mlp` is a struct with fc1/fc2, so its next segment is not a number.)
-    if n >= 3 && parts[n - 3] == "mlp" {
-        if let Ok(i) = parts[n - 2].parse::<usize>() {
-            parts[n - 2] = (2 * i).to_string();
-        }
-    }
-    match parts[n - 1].as_str() {
-        "gamma" => parts[n - 1] = "weight".into(),
-        "beta" => parts[n - 1] = "bias".into(),
-        _ => {}
-    }
-    parts.join(".")
-}
+/// Where a visitor is in our module tree: each step's field name and the type of the module
+/// holding it (Burn's `container_type`: `Struct:LayerNorm`, `Enum:Ffn`, `Vec`, ...). The one
+/// place our module paths become official parameter names.
+#[derive(Debug, Clone, Default)]
+pub struct ModulePath(Vec<(String, String)>);
 
-/// Burn Linear weights are the only 2-D parameters named `weight`; they are [in, out].
-fn is_linear_weight(module_path: &[String], rank: usize) -> bool {
-    rank == 2 && module_path.last().map(|s| s == "weight").unwrap_or(false)
-}
-
-#[derive(Default)]
-struct PathStack(Vec<String>);
-
-impl PathStack {
-    fn enter(&mut self, name: &str) {
-        self.0.push(name.to_string());
+impl ModulePath {
+    /// `ModuleVisitor::enter_module` / `ModuleMapper::enter_module`.
+    pub fn enter(&mut self, name: &str, container_type: &str) {
+        self.0.push((name.to_string(), container_type.to_string()));
     }
-    fn exit(&mut self) {
+
+    /// `exit_module`.
+    pub fn exit(&mut self) {
         self.0.pop();
+    }
+
+    /// Our field names joined by dots (unique within a module; not the official name).
+    pub fn key(&self) -> String {
+        self.0.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(".")
+    }
+
+    /// The official name of the parameter at this path:
+    /// - enum variants (`Ffn::Mlp`, `Ffn::SwiGlu`) are ours, not steps of the official name;
+    /// - a LayerNorm's `gamma` / `beta` are torch's `weight` / `bias` (only a LayerNorm's: the
+    ///   DINOv2 LayerScale's `gamma` keeps its name, `blocks.N.ls1.gamma`);
+    /// - the DINO head's `mlp.<i>` of our `Vec<Linear>` is `mlp.<2i>` of the official
+    ///   `nn.Sequential` (GELUs in between).
+    pub fn official_name(&self) -> String {
+        let steps: Vec<&(String, String)> = self.0.iter().filter(|(_, container)| !container.starts_with("Enum:")).collect();
+        let mut parts: Vec<String> = steps.iter().map(|(n, _)| n.clone()).collect();
+        let n = parts.len();
+        if n == 0 {
+            return String::new();
+        }
+        // (The backbone's `mlp` is a struct with fc1/fc2, so its next step is not a number.)
+        if n >= 3 && parts[n - 3] == "mlp" {
+            if let Ok(i) = parts[n - 2].parse::<usize>() {
+                parts[n - 2] = (2 * i).to_string();
+            }
+        }
+        if steps[n - 1].1 == "Struct:LayerNorm" {
+            match parts[n - 1].as_str() {
+                "gamma" => parts[n - 1] = "weight".into(),
+                "beta" => parts[n - 1] = "bias".into(),
+                _ => {}
+            }
+        }
+        parts.join(".")
+    }
+
+    /// Burn Linear weights are the only 2-D parameters named `weight` in a `Linear`; they are
+    /// [in, out] (torch: [out, in]).
+    fn is_linear_weight(&self, rank: usize) -> bool {
+        rank == 2 && self.0.last().is_some_and(|(n, c)| n == "weight" && c == "Struct:Linear")
     }
 }
 
 struct Collector {
-    path: PathStack,
+    path: ModulePath,
     out: StateDict,
 }
 
 impl ModuleVisitor for Collector {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.enter(name);
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
     }
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
         self.path.exit();
@@ -151,37 +173,37 @@ impl ModuleVisitor for Collector {
         let shape = tensor.dims().to_vec();
         let data = tensor.into_data().convert::<f32>().try_into_vec::<f32>().expect("float parameter");
         let mut host = HostTensor::new(shape, data);
-        if is_linear_weight(&self.path.0, D) {
+        if self.path.is_linear_weight(D) {
             host = host.transposed();
         }
-        self.out.insert(official_name(&self.path.0), host);
+        self.out.insert(self.path.official_name(), host);
     }
 }
 
 /// All float parameters of `module` under their official names, in torch layout.
 pub fn to_state_dict<M: Module>(module: &M) -> StateDict {
-    let mut collector = Collector { path: PathStack::default(), out: StateDict::new() };
+    let mut collector = Collector { path: ModulePath::default(), out: StateDict::new() };
     module.visit(&mut collector);
     collector.out
 }
 
 struct Loader<'a> {
-    path: PathStack,
+    path: ModulePath,
     source: &'a StateDict,
     used: Vec<String>,
     mismatch: LoadMismatch,
 }
 
 impl ModuleMapper for Loader<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.enter(name);
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
     }
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
         self.path.exit();
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let name = official_name(&self.path.0);
-        let transpose = is_linear_weight(&self.path.0, D);
+        let name = self.path.official_name();
+        let transpose = self.path.is_linear_weight(D);
         let Some(host) = self.source.get(&name) else {
             self.mismatch.missing.push(name);
             return param;
@@ -207,7 +229,7 @@ impl ModuleMapper for Loader<'_> {
 /// with the right shape and every tensor of `state` must be used; otherwise nothing is returned
 /// but the list of what does not fit.
 pub fn load_state_dict<M: Module>(module: M, state: &StateDict) -> Result<M, LoadMismatch> {
-    let mut loader = Loader { path: PathStack::default(), source: state, used: Vec::new(), mismatch: LoadMismatch::default() };
+    let mut loader = Loader { path: ModulePath::default(), source: state, used: Vec::new(), mismatch: LoadMismatch::default() };
     let module = module.map(&mut loader);
     let mut mismatch = loader.mismatch;
     mismatch.unexpected = state.keys().filter(|k| !loader.used.contains(k)).cloned().collect();

@@ -1,13 +1,15 @@
-//! The Vision Transformer of DINO (official `vision_transformer.py`), block by block.
+//! The Vision Transformer of DINO (official `vision_transformer.py`), block by block, with the
+//! parts DINOv2 adds (official dinov2 `models/vision_transformer.py` `DinoVisionTransformer`):
+//! register tokens, LayerScale and the SwiGLU feed-forward layer of ViT-g.
 
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, LinearConfig, Linear};
-use burn::tensor::activation::gelu;
+use burn::tensor::activation::{gelu, silu};
 use burn::tensor::{Device, Distribution, Tensor};
 
 use crate::attention::Attention;
-use crate::config::VitConfig;
+use crate::config::{FfnLayer, VitConfig};
 use crate::init::{trunc_normal_linear, trunc_normal_param};
 use crate::pos_embed::interpolate_pos_encoding;
 
@@ -48,6 +50,81 @@ impl Mlp {
     }
 }
 
+/// Official DINOv2 `SwiGLUFFNFused` (ViT-g): `w12` [C, 2H] (keys `mlp.w12`) gives x1 and x2
+/// (its two halves), then `w3(silu(x1) * x2)`.
+#[derive(Module, Debug)]
+pub struct SwiGlu {
+    pub w12: Linear,
+    pub w3: Linear,
+}
+
+impl SwiGlu {
+    /// [B, N, C] -> [B, N, C].
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let x12 = self.w12.forward(x);
+        let hidden = x12.dims()[2] / 2;
+        let x1 = x12.clone().narrow(2, 0, hidden);
+        let x2 = x12.narrow(2, hidden, hidden);
+        self.w3.forward(silu(x1) * x2)
+    }
+}
+
+/// A block's feed-forward layer (official DINOv2 `ffn_layer`). The variant names are not part
+/// of the official parameter names (`blocks.N.mlp.fc1.weight`, `blocks.N.mlp.w12.weight`): see
+/// [`crate::state_dict::ModulePath`].
+#[derive(Module, Debug)]
+pub enum Ffn {
+    Mlp(Mlp),
+    SwiGlu(SwiGlu),
+}
+
+impl Ffn {
+    fn new(config: &VitConfig, device: &Device) -> Self {
+        let (dim, hidden) = (config.embed_dim, config.mlp_hidden());
+        let linear = |i, o| trunc_normal_linear(LinearConfig::new(i, o), device);
+        match config.ffn_layer {
+            FfnLayer::Mlp => Ffn::Mlp(Mlp { fc1: linear(dim, hidden), fc2: linear(hidden, dim) }),
+            FfnLayer::SwiGluFused => Ffn::SwiGlu(SwiGlu { w12: linear(dim, 2 * hidden), w3: linear(hidden, dim) }),
+        }
+    }
+
+    /// [B, N, C] -> [B, N, C].
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        match self {
+            Ffn::Mlp(m) => m.forward(x),
+            Ffn::SwiGlu(m) => m.forward(x),
+        }
+    }
+}
+
+/// Official DINOv2 `LayerScale`: the residual branch times a learned per-channel `gamma` [C].
+#[derive(Module, Debug)]
+pub struct LayerScale {
+    pub gamma: Param<Tensor<1>>,
+}
+
+impl LayerScale {
+    /// Official init: `init_values * ones(dim)` (1e-5 in DINOv2's training configs).
+    fn new(dim: usize, init_values: f64, device: &Device) -> Self {
+        Self { gamma: Param::from_tensor(Tensor::ones([dim], device).mul_scalar(init_values)) }
+    }
+
+    /// [B, N, C] -> [B, N, C].
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        x * self.gamma.val().unsqueeze::<3>()
+    }
+}
+
+/// DINOv2's LayerScale init value (`layerscale: 1.0e-05` in its training configs).
+pub const LAYER_SCALE_INIT: f64 = 1e-5;
+
+fn scaled(ls: &Option<LayerScale>, x: Tensor<3>) -> Tensor<3> {
+    match ls {
+        Some(ls) => ls.forward(x),
+        None => x,
+    }
+}
+
 /// Stochastic depth: drops a sample's whole residual branch with probability `rate` and scales
 /// the kept ones by 1/(1-rate). Active only on an autodiff device, i.e. for the training
 /// student; the teacher and every evaluation run on plain tensors.
@@ -61,13 +138,16 @@ fn drop_path(x: Tensor<3>, rate: f64) -> Tensor<3> {
     x * mask.div_scalar(keep)
 }
 
-/// Pre-norm transformer block: x + attn(norm1(x)); x + mlp(norm2(x)).
+/// Pre-norm transformer block: x + ls1(attn(norm1(x))); x + ls2(mlp(norm2(x))), the
+/// LayerScales `ls1`, `ls2` only in DINOv2 models.
 #[derive(Module, Debug)]
 pub struct Block {
     pub norm1: LayerNorm,
     pub attn: Attention,
+    pub ls1: Option<LayerScale>,
     pub norm2: LayerNorm,
-    pub mlp: Mlp,
+    pub mlp: Ffn,
+    pub ls2: Option<LayerScale>,
     drop_path: f64,
 }
 
@@ -79,10 +159,9 @@ impl Block {
             norm1: layer_norm(dim, device),
             attn: Attention::new(dim, config.num_heads, device),
             norm2: layer_norm(dim, device),
-            mlp: Mlp {
-                fc1: trunc_normal_linear(LinearConfig::new(dim, config.mlp_hidden()), device),
-                fc2: trunc_normal_linear(LinearConfig::new(config.mlp_hidden(), dim), device),
-            },
+            ls1: config.layer_scale.then(|| LayerScale::new(dim, LAYER_SCALE_INIT, device)),
+            mlp: Ffn::new(config, device),
+            ls2: config.layer_scale.then(|| LayerScale::new(dim, LAYER_SCALE_INIT, device)),
             drop_path,
         }
     }
@@ -95,21 +174,26 @@ impl Block {
     /// The block's output and the softmaxed attention of its self-attention layer.
     pub fn forward_with_attention(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<4>) {
         let (y, attn) = self.attn.forward_with_attention(self.norm1.forward(x.clone()));
-        let x = x + drop_path(y, self.drop_path);
+        let x = x + drop_path(scaled(&self.ls1, y), self.drop_path);
         let y = self.mlp.forward(self.norm2.forward(x.clone()));
-        (x + drop_path(y, self.drop_path), attn)
+        (x + drop_path(scaled(&self.ls2, y), self.drop_path), attn)
     }
 }
 
 /// The DINO ViT backbone (official `vision_transformer.VisionTransformer`, no classifier):
 /// patch embedding, CLS token, position embedding resized to the input's grid
-/// (`interpolate_pos_encoding`), `depth` pre-norm blocks, final LayerNorm. Inputs are
-/// [B, 3, H, W] ImageNet-normalised pictures with H, W multiples of the patch size.
+/// (`interpolate_pos_encoding`), `depth` pre-norm blocks, final LayerNorm. DINOv2 models add
+/// register tokens after CLS (no position embedding), LayerScale and possibly SwiGLU
+/// (official dinov2 `DinoVisionTransformer`). Inputs are [B, 3, H, W] ImageNet-normalised
+/// pictures with H, W multiples of the patch size; the token sequence is
+/// [CLS, registers, patches] (`VitConfig::num_prefix_tokens` before the patches).
 #[derive(Module, Debug)]
 pub struct VisionTransformer {
     pub patch_embed: PatchEmbed,
     pub cls_token: Param<Tensor<3>>,
     pub pos_embed: Param<Tensor<3>>,
+    /// DINOv2 `register_tokens` [1, R, dim], when the model has registers.
+    pub register_tokens: Option<Param<Tensor<3>>>,
     pub blocks: Vec<Block>,
     pub norm: LayerNorm,
     #[module(skip)]
@@ -140,6 +224,10 @@ impl VisionTransformer {
             },
             cls_token: trunc_normal_param([1, 1, dim], device),
             pos_embed: trunc_normal_param([1, grid * grid + 1, dim], device),
+            // Official DINOv2: `nn.init.normal_(self.register_tokens, std=1e-6)`.
+            register_tokens: (config.num_register_tokens > 0).then(|| {
+                Param::from_tensor(Tensor::random([1, config.num_register_tokens, dim], Distribution::Normal(0.0, 1e-6), device))
+            }),
             blocks: rates.iter().map(|&r| Block::new(config, r, device)).collect(),
             norm: layer_norm(dim, device),
             config: config.clone(),
@@ -151,7 +239,9 @@ impl VisionTransformer {
         &self.config
     }
 
-    /// Patch tokens, CLS prepended, position embedding (resized to the grid) added.
+    /// Patch tokens, CLS prepended, position embedding (resized to the grid) added, then the
+    /// registers inserted after CLS: [B, prefix + patches, dim] (official DINOv2
+    /// `prepare_tokens_with_masks` without masks; DINO v1 `prepare_tokens`).
     pub fn prepare_tokens(&self, x: Tensor<4>) -> Tensor<3> {
         let [b, _, h, w] = x.dims();
         let p = self.config.patch_size;
@@ -160,38 +250,86 @@ impl VisionTransformer {
         let dim = self.config.embed_dim;
         let cls = self.cls_token.val().expand([b, 1, dim]);
         let x = Tensor::cat(vec![cls, x], 1);
-        x + interpolate_pos_encoding(self.pos_embed.val(), gh, gw)
+        let x = x + interpolate_pos_encoding(self.pos_embed.val(), gh, gw);
+        match &self.register_tokens {
+            Some(registers) => {
+                let r = registers.val();
+                let n = x.dims()[1];
+                let r = r.clone().expand([b, r.dims()[1], dim]);
+                Tensor::cat(vec![x.clone().narrow(1, 0, 1), r, x.narrow(1, 1, n - 1)], 1)
+            }
+            None => x,
+        }
     }
 
-    /// The normalised CLS token: [B, dim] (official `VisionTransformer.forward`, `x[:, 0]`).
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+    /// Normalised last-layer tokens [B, T, dim] (T = prefix + patches; official DINOv2
+    /// `forward_features` before it splits CLS, registers and patches).
+    pub fn forward_tokens(&self, x: Tensor<4>) -> Tensor<3> {
         let mut x = self.prepare_tokens(x);
         for block in &self.blocks {
             x = block.forward(x);
         }
-        let [b, _, d] = x.dims();
-        self.norm.forward(x).narrow(1, 0, 1).reshape([b, d])
+        self.norm.forward(x)
     }
 
-    /// Softmaxed attention of the last block: [B, heads, N+1, N+1] (CLS first); official
-    /// `get_last_selfattention`.
+    /// [`forward_tokens`](Self::forward_tokens) and the softmaxed attention [B, heads, T, T] of
+    /// block `block` (0-based) from the same pass.
+    ///
+    /// # Panics
+    /// When `block` is not a block index (callers check it against `config().depth`).
+    pub fn forward_tokens_with_attention(&self, x: Tensor<4>, block: usize) -> (Tensor<3>, Tensor<4>) {
+        assert!(block < self.blocks.len(), "block {block} of a {}-block model", self.blocks.len());
+        let mut x = self.prepare_tokens(x);
+        for b in &self.blocks[..block] {
+            x = b.forward(x);
+        }
+        let (mut x, attention) = self.blocks[block].forward_with_attention(x);
+        for b in &self.blocks[block + 1..] {
+            x = b.forward(x);
+        }
+        (self.norm.forward(x), attention)
+    }
+
+    /// The CLS token of normalised tokens [B, T, dim] -> [B, dim].
+    fn cls(tokens: Tensor<3>) -> Tensor<2> {
+        let [b, _, d] = tokens.dims();
+        tokens.narrow(1, 0, 1).reshape([b, d])
+    }
+
+    /// The patch tokens of normalised tokens [B, T, dim] -> [B, patches, dim] (official DINOv2
+    /// `x_norm_patchtokens`: after CLS and the registers).
+    pub fn patch_tokens(&self, tokens: Tensor<3>) -> Tensor<3> {
+        let prefix = self.config.num_prefix_tokens();
+        let n = tokens.dims()[1];
+        tokens.narrow(1, prefix, n - prefix)
+    }
+
+    /// The normalised CLS token: [B, dim] (official `VisionTransformer.forward`, `x[:, 0]`).
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        Self::cls(self.forward_tokens(x))
+    }
+
+    /// Softmaxed attention of the last block: [B, heads, T, T] (CLS first, then registers and
+    /// patches); official `get_last_selfattention`.
     pub fn last_selfattention(&self, x: Tensor<4>) -> Tensor<4> {
         self.forward_with_last_attention(x).1
     }
 
     /// CLS features and the last block's attention from one pass.
     pub fn forward_with_last_attention(&self, x: Tensor<4>) -> (Tensor<2>, Tensor<4>) {
-        let mut x = self.prepare_tokens(x);
-        let last = self.blocks.len() - 1;
-        for block in &self.blocks[..last] {
-            x = block.forward(x);
-        }
-        let (x, attn) = self.blocks[last].forward_with_attention(x);
-        let [b, _, d] = x.dims();
-        (self.norm.forward(x).narrow(1, 0, 1).reshape([b, d]), attn)
+        self.forward_with_attention(x, self.blocks.len() - 1)
     }
 
-    /// Normalised token outputs of the last `n` blocks, earliest first: each [B, N+1, dim];
+    /// CLS features and block `block`'s attention (0-based) from one pass.
+    ///
+    /// # Panics
+    /// When `block` is not a block index.
+    pub fn forward_with_attention(&self, x: Tensor<4>, block: usize) -> (Tensor<2>, Tensor<4>) {
+        let (tokens, attention) = self.forward_tokens_with_attention(x, block);
+        (Self::cls(tokens), attention)
+    }
+
+    /// Normalised token outputs of the last `n` blocks, earliest first: each [B, T, dim];
     /// official `get_intermediate_layers` (what `eval_linear.py` concatenates the CLS of).
     pub fn intermediate_layers(&self, x: Tensor<4>, n: usize) -> Vec<Tensor<3>> {
         let mut x = self.prepare_tokens(x);

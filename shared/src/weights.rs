@@ -1,8 +1,10 @@
 //! Reading and writing weight files.
 //!
-//! Read: released backbone-only `.pth` files (`dino_deitsmall16_pretrain.pth`), full training
-//! checkpoints (`teacher` / `student`, keys with `module.` / `backbone.` / `head.` prefixes),
-//! timm-layout safetensors, and our own exported safetensors (architecture in the metadata).
+//! Read: released backbone-only `.pth` files (`dino_deitsmall16_pretrain.pth`, DINOv2's
+//! `dinov2_vits14_reg4_pretrain.pth`), full training checkpoints (`teacher` / `student`, keys
+//! with `module.` / `backbone.` / `head.` prefixes), timm-layout and HF-transformers-layout
+//! files (see [`crate::layouts`]), and our own exported safetensors (architecture in the
+//! metadata).
 //! Write: safetensors in the timm / official key layout (backbone keys bare, DINO head under
 //! `head.`), f32 or f16, with the architecture in the metadata.
 
@@ -11,7 +13,8 @@ use std::collections::HashMap;
 use burn::tensor::Device;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::config::{ConfigError, HeadConfig, VitConfig};
+use crate::config::{ConfigError, FfnLayer, HeadConfig, VitConfig};
+use crate::layouts;
 use crate::head::DinoHead;
 use crate::state_dict::{load_state_dict, to_state_dict, HostTensor, LoadMismatch, StateDict};
 use crate::vit::VisionTransformer;
@@ -193,6 +196,7 @@ impl WeightsFile {
             }
         }
         let (backbone, head) = split_backbone_head(selected);
+        let (backbone, _) = layouts::to_official(backbone).map_err(err)?;
         let vit = meta.get("vit").map(|s| serde_json::from_str(s)).transpose().map_err(|e| err(format!("bad 'vit' metadata: {e}")))?;
         let head_config =
             meta.get("head").map(|s| serde_json::from_str(s)).transpose().map_err(|e| err(format!("bad 'head' metadata: {e}")))?;
@@ -210,6 +214,7 @@ impl WeightsFile {
         drop(bytes);
         let backbone_and_head = read_pth(path, checkpoint_key).map_err(|m| WeightsError::new(&name, m))?;
         let (backbone, head) = split_backbone_head(backbone_and_head);
+        let (backbone, _) = layouts::to_official(backbone).map_err(|m| WeightsError::new(&name, m))?;
         Ok(Self { name, backbone, head, vit: None, head_config: None })
     }
 
@@ -227,13 +232,18 @@ impl WeightsFile {
             // The metadata must describe the tensors the file holds: a model is only built at
             // the size the file can fill (absurd metadata never reaches an allocation).
             let found = infer_vit_config(&self.backbone, Some(cfg.num_heads)).map_err(err)?;
-            let shape = |c: &VitConfig| (c.in_chans, c.patch_size, c.embed_dim, c.depth, c.img_size, c.mlp_hidden());
+            let shape = |c: &VitConfig| {
+                (c.in_chans, c.patch_size, c.embed_dim, c.depth, c.img_size, c.mlp_hidden(), c.num_register_tokens, c.layer_scale, c.ffn_layer)
+            };
             if shape(&found) != shape(cfg) {
                 return Err(WeightsError::new(
                     &self.name,
                     WeightsErrorKind::MetadataMismatch {
                         part: "vit",
-                        metadata: format!("(channels, patch, dim, depth, image size, MLP width = {:?})", shape(cfg)),
+                        metadata: format!(
+                            "(channels, patch, dim, depth, image size, MLP width, registers, LayerScale, FFN = {:?})",
+                            shape(cfg)
+                        ),
                         tensors: format!("({:?})", shape(&found)),
                     },
                 ));
@@ -256,9 +266,15 @@ impl WeightsFile {
                     .ok_or_else(|| WeightsError::new(&self.name, WeightsErrorKind::UnknownArch(arch.clone())))?;
                 if let Ok(found) = &inferred {
                     // The position embedding's grid is whatever the file holds (224/p for the
-                    // released models); any image size is served by interpolation.
+                    // released models); any image size is served by interpolation. The
+                    // DINOv2 parts (registers, LayerScale, SwiGLU) are the file's too.
                     if found.embed_dim == cfg.embed_dim && found.patch_size == cfg.patch_size {
                         cfg.img_size = found.img_size;
+                    }
+                    cfg.num_register_tokens = found.num_register_tokens;
+                    cfg.layer_scale = found.layer_scale;
+                    if found.ffn_layer != cfg.ffn_layer {
+                        (cfg.ffn_layer, cfg.mlp_ratio) = (found.ffn_layer, found.mlp_ratio);
                     }
                 }
                 Ok(cfg)
@@ -298,7 +314,7 @@ impl WeightsFile {
         let cfg = self.vit_config(spec)?;
         let model = VisionTransformer::new(&cfg, device);
         load_state_dict(model, &self.backbone)
-            .map_err(|detail| WeightsError::new(&self.name, WeightsErrorKind::DoNotFit { model: cfg.arch_name(), detail }))
+            .map_err(|detail| WeightsError::new(&self.name, WeightsErrorKind::DoNotFit { model: cfg.model_name(), detail }))
     }
 
     /// The DINO head, when the file has one.
@@ -351,8 +367,11 @@ fn shape_of<'a>(sd: &'a StateDict, key: &str) -> Result<&'a [usize], String> {
     })
 }
 
-/// Architecture from tensor shapes. The head count is not in any shape: it comes from
-/// `num_heads`, or the official head width of 64 (vit_tiny 3, vit_small 6, vit_base 12).
+/// Architecture from tensor shapes (official layout, see [`layouts::to_official`]). The head
+/// count is not in any shape: it comes from `num_heads`, or the official head width of 64
+/// (vit_tiny 3, vit_small 6, vit_base 12; DINOv2 ViT-L 16, ViT-g 24). DINOv2 parts: registers
+/// from `register_tokens` [1, R, dim], LayerScale from `blocks.0.ls1.gamma`, SwiGLU from
+/// `blocks.0.mlp.w12.weight` [2H, dim].
 pub fn infer_vit_config(sd: &StateDict, num_heads: Option<usize>) -> Result<VitConfig, String> {
     let w = shape_of(sd, "patch_embed.proj.weight")?;
     if w.len() != 4 || w[2] != w[3] || w[1] != 3 {
@@ -371,7 +390,17 @@ pub fn infer_vit_config(sd: &StateDict, num_heads: Option<usize>) -> Result<VitC
         .max()
         .map(|d| d + 1)
         .ok_or("no blocks.* tensors: not a ViT backbone")?;
-    let [hidden, _] = dims::<2>(sd, "blocks.0.mlp.fc1.weight")?;
+    let (ffn_layer, mlp_ratio) = if sd.contains_key("blocks.0.mlp.w12.weight") {
+        let [two_hidden, _] = dims::<2>(sd, "blocks.0.mlp.w12.weight")?;
+        (FfnLayer::SwiGluFused, swiglu_mlp_ratio(two_hidden / 2, embed_dim)?)
+    } else {
+        let [hidden, _] = dims::<2>(sd, "blocks.0.mlp.fc1.weight")?;
+        (FfnLayer::Mlp, hidden as f64 / embed_dim as f64)
+    };
+    let num_register_tokens = match sd.get("register_tokens") {
+        Some(_) => dims::<3>(sd, "register_tokens")?[1],
+        None => 0,
+    };
     let num_heads = match num_heads {
         Some(h) => h,
         None if embed_dim % 64 == 0 => embed_dim / 64,
@@ -384,9 +413,26 @@ pub fn infer_vit_config(sd: &StateDict, num_heads: Option<usize>) -> Result<VitC
         embed_dim,
         depth,
         num_heads,
-        mlp_ratio: hidden as f64 / embed_dim as f64,
+        mlp_ratio,
         drop_path_rate: 0.0,
+        num_register_tokens,
+        layer_scale: sd.contains_key("blocks.0.ls1.gamma"),
+        ffn_layer,
     })
+}
+
+/// The MLP ratio whose official SwiGLU width (`VitConfig::mlp_hidden`) is `hidden`: 4 for
+/// every released model, else the ratio the width was made from.
+fn swiglu_mlp_ratio(hidden: usize, embed_dim: usize) -> Result<f64, String> {
+    let fits = |ratio: f64| {
+        let c = VitConfig { mlp_ratio: ratio, ffn_layer: FfnLayer::SwiGluFused, ..VitConfig::custom(embed_dim, 1, embed_dim, 1, 1) };
+        c.mlp_hidden() == hidden
+    };
+    let candidates = [4.0, hidden as f64 * 1.5 / embed_dim as f64, (hidden as f64 * 1.5).ceil() / embed_dim as f64];
+    candidates
+        .into_iter()
+        .find(|&r| r.is_finite() && r > 0.0 && fits(r))
+        .ok_or_else(|| format!("a SwiGLU width of {hidden} fits no MLP ratio of a {embed_dim}-dim model"))
 }
 
 /// DINO head shape from its tensors (`mlp.{0,2,4}`, `last_layer.weight_v`).

@@ -174,7 +174,7 @@ fn threshold_masks_equal_official() {
             let [heads, gh, gw] = [expected.shape[0], expected.shape[1], expected.shape[2]];
             let n1 = gh * gw + 1;
             // Batch item 0 only, from the same attention values PyTorch used.
-            let maps = AttentionMaps::from_cls_rows(&rows.data[..heads * n1], heads, gh, gw);
+            let maps = AttentionMaps::from_cls_rows(&rows.data[..heads * n1], heads, 1, gh, gw);
             let ours: Vec<f32> = maps.threshold_masks(0.6).iter().map(|&b| b as u8 as f32).collect();
             assert_eq!(ours, expected.data, "{name} {size}: masks differ");
         }

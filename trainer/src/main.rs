@@ -41,8 +41,12 @@ enum Command {
     Linear(commands::linear::LinearArgs),
     /// Fetch and unpack a dataset (resumable, checksum-verified).
     Download(commands::download::DownloadArgs),
-    /// Per-head attention maps of the last layer for one image.
+    /// Per-head attention maps of one layer (default: the last) for one image.
     Attention(commands::attention::AttentionArgs),
+    /// PCA of the last layer's patch features as RGB, fitted on one or several pictures.
+    Pca(commands::views::PcaArgs),
+    /// Cosine similarity of one patch's features with every patch of a picture.
+    Similarity(commands::views::SimilarityArgs),
     /// CLS features of images as a .npy matrix.
     Embed(commands::embed::EmbedArgs),
     /// Convert weights to one compact safetensors file (the web page's format).
@@ -59,6 +63,8 @@ fn main() {
         Command::Linear(a) => commands::linear::run(a).map(|_| ()),
         Command::Download(a) => commands::download::run(a),
         Command::Attention(a) => commands::attention::run(a),
+        Command::Pca(a) => commands::views::run_pca(a),
+        Command::Similarity(a) => commands::views::run_similarity(a),
         Command::Embed(a) => commands::embed::run(a),
         Command::Export(a) => commands::export::run(a),
         Command::Bench(a) => commands::bench::run(a),

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
-use dino_shared::state_dict::{official_name, HostTensor, StateDict};
+use dino_shared::state_dict::{HostTensor, ModulePath, StateDict};
 
 pub const BETA1: f64 = 0.9;
 pub const BETA2: f64 = 0.999;
@@ -45,21 +45,21 @@ pub struct Step {
 }
 
 struct Update<'a> {
-    path: Vec<String>,
+    path: ModulePath,
     grads: GradientsParams,
     states: &'a mut HashMap<String, AdamState>,
     step: &'a Step,
 }
 
 impl ModuleMapper for Update<'_> {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_string());
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
     }
     fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
+        self.path.exit();
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let name = official_name(&self.path);
+        let name = self.path.official_name();
         let (id, tensor, mapper) = param.consume();
         let Some(grad) = self.grads.remove::<D>(id) else { return Param::from_mapped_value(id, tensor, mapper) };
         let s = self.step;
@@ -105,7 +105,7 @@ impl ModuleMapper for Update<'_> {
 impl AdamW {
     /// Apply one step to `module` with its gradients.
     pub fn step<M: Module>(&mut self, module: M, grads: GradientsParams, step: &Step) -> M {
-        let mut update = Update { path: Vec::new(), grads, states: &mut self.states, step };
+        let mut update = Update { path: ModulePath::default(), grads, states: &mut self.states, step };
         module.map(&mut update)
     }
 

@@ -126,7 +126,7 @@ async fn analyze(model: &VisionTransformer, device: &Device, bytes: &[u8], short
     let size = preprocess::ImageSize::from_values(&[shorter_side]).map_err(|e| e.to_string())?;
     let input = preprocess::for_attention(&img, size, patch).map_err(|e| e.to_string())?;
     let start = now_ms();
-    let (_, attn) = features_and_attention(model, &input, device);
+    let (_, attn) = features_and_attention(model, &input, None, device)?;
     let data = attn.into_data_async().await.map_err(|e| format!("reading the attention back failed: {e:?}"))?;
     let forward_ms = now_ms() - start;
     Ok(Analysis { maps: attention_maps(data, model, &input)?, image: input.image, patch, forward_ms })

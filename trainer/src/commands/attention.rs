@@ -1,4 +1,4 @@
-//! `dino attention`: the last layer's per-head attention maps of one image
+//! `dino attention`: one layer's (by default the last's) per-head attention maps of one image
 //! (official visualize_attention.py), as PNGs, a composite grid and a raw `.npy`.
 
 use std::path::{Path, PathBuf};
@@ -27,6 +27,10 @@ pub struct AttentionArgs {
     /// default: 480 480.
     #[arg(long, num_args = 1..=2, default_values_t = [480, 480])]
     pub image_size: Vec<usize>,
+    /// Which block's attention, 0-based (official `get_last_selfattention` is the last one,
+    /// the default).
+    #[arg(long)]
+    pub layer: Option<usize>,
     /// Keep the smallest set of patches holding this share of each head's attention.
     #[arg(long, default_value_t = 0.6)]
     pub threshold: f32,
@@ -46,7 +50,7 @@ pub fn run(args: &AttentionArgs) -> anyhow::Result<()> {
     let img = open_image(&args.image)?;
     let input = preprocess::for_attention(&img, size, model.config().patch_size)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.image.display()))?;
-    let (_, attn) = features_and_attention(&model, &input, &device);
+    let (_, attn) = features_and_attention(&model, &input, args.layer, &device).map_err(|e| anyhow::anyhow!("--layer: {e}"))?;
     let maps = attention_maps(attn.into_data(), &model, &input).map_err(|e| anyhow::anyhow!("{}: {e}", args.image.display()))?;
     write_outputs(&maps, &input.image, model.config().patch_size, args.threshold, &args.output_dir, 1)?;
     eprintln!("wrote {} heads of {}x{} patches to {}", maps.heads, maps.grid_h, maps.grid_w, args.output_dir.display());

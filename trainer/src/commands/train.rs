@@ -137,7 +137,8 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         let sizing = dino_shared::preprocess::ImageSize::ShorterSide(size);
         let input = dino_shared::preprocess::for_attention(&image::DynamicImage::ImageRgb8(img), sizing, patch)
             .map_err(|e| anyhow::anyhow!("{}: {e}", eval.val.describe(i)))?;
-        let (_, attn) = dino_shared::inference::features_and_attention(model, &input, &outcome.device);
+        let (_, attn) = dino_shared::inference::features_and_attention(model, &input, None, &outcome.device)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let maps = dino_shared::inference::attention_maps(attn.into_data(), model, &input)
             .map_err(|e| anyhow::anyhow!("{}: {e}", eval.val.describe(i)))?;
         let dir = cfg.output_dir.join("attention").join(format!("val{i}"));
