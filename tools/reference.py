@@ -11,6 +11,7 @@ Commands (from the repository root):
 
     python3 tools/reference.py small --out tests/fixtures    # committed fixtures
     python3 tools/reference.py full  --out /tmp/parity-full  # full size, not committed
+    python3 tools/reference.py small --only dinov2           # only the v2* fixtures
 
 Models
     small: tiny16 = vit_small_patch16_224(embed_dim=96, depth=2, num_heads=3)
@@ -51,6 +52,66 @@ Small mode only
     losses.safetensors     official DINOLoss fixture (forward, center update,
                            gradient w.r.t. the student output, temp schedule).
     schedules.safetensors  official utils.cosine_scheduler fixtures (float64).
+
+DINOv2 (small mode; section "DINOv2 backbone" below)
+    An independent transcription of facebookresearch/dinov2 (DinoVisionTransformer of
+    dinov2/models/vision_transformer.py, dinov2/layers/*), inference only, checked each time
+    against timm (timm's checkpoint_filter_fn, strict load, forward_features at 98: CLS,
+    register and patch tokens within 1e-5) and, when transformers is installed, against
+    Dinov2WithRegistersModel / Dinov2Model (from_pretrained of the HF file, strict; last_hidden_state
+    at 98 within 1e-5).  Weights and inputs are numpy PCG64 draws (machine independent); the
+    outputs are computed on one thread.  Models (patch 14, embed 128, 2 heads, native 98 = 7x7):
+      v2reg4   depth 3, 4 registers, LayerScale, GELU MLP (ratio 4)
+      v2swiglu depth 4, no registers, LayerScale, SwiGLUFFNFused (hidden 344: w12 [688,128],
+               w3 [128,344]), block_chunks=2
+    Files
+      v2reg4_official.pth      torch.save'd official state dict (hub layout): cls_token,
+                               pos_embed [1,50,D], register_tokens [1,4,D], mask_token [1,D],
+                               patch_embed.proj.*, blocks.N.{norm1,attn.qkv,attn.proj,ls1.gamma,
+                               norm2,mlp.fc1,mlp.fc2,ls2.gamma}.*, norm.*
+      v2reg4_timm.safetensors  timm layout (timm checkpoint_filter_fn): reg_token, cls_token
+                               = cls_token + pos_embed[:, 0], pos_embed [1,49,D] (patches only,
+                               no_embed_class), no mask_token
+      v2reg4_hf.safetensors    HF Dinov2WithRegistersModel file layout (conversion scripts;
+                               what save_pretrained writes, no "dinov2." prefix):
+                               embeddings.{cls_token,mask_token,position_embeddings,
+                               register_tokens,patch_embeddings.projection.*},
+                               encoder.layer.N.{norm1,norm2,layer_scale1.lambda1,
+                               layer_scale2.lambda1,attention.attention.{query,key,value}.*,
+                               attention.output.dense.*,mlp.fc1.*,mlp.fc2.*}, layernorm.*
+      v2swiglu_chunked.pth     official state dict in the block_chunks=2 layout
+                               (blocks.0.0.*, blocks.0.1.*, blocks.1.2.*, blocks.1.3.*;
+                               mlp.w12.*, mlp.w3.*), incl. mask_token, no register_tokens
+      v2swiglu_hf.safetensors  HF Dinov2Model (use_swiglu_ffn) file layout: as above with
+                               mlp.weights_in.* [688,..] / mlp.weights_out.*
+      NAME_ref.safetensors     float32; per size S in 98, 224, 252x336 (H x W):
+                                 input_S [1,3,H,W], cls_S [1,D] (x_norm_clstoken),
+                                 patch_S [1,Npatch,D] (x_norm_patchtokens, row-major grid),
+                                 attn_cls_S [1,heads,T] (CLS row of the LAST block's softmaxed
+                                 attention, T = 1+R+Npatch, order CLS, registers, patches),
+                                 v2reg4 only: reg_S [1,4,D] (x_norm_regtokens);
+                               attn_cls_224_layer{i} for every block i;
+                               metadata 'config' (JSON: embed_dim, depth, num_heads, patch_size,
+                               num_register_tokens, ffn, img_size, mlp_ratio, init_values,
+                               interpolate_offset 0.1, interpolate_antialias false, ...),
+                               'checks' (measured cross-check differences), 'stored_keys'.
+      v2reg4_ref extras        pos_252x336 [1,1+432,D]: the interpolated pos_embed (official
+                               offset 0.1, no antialias; registers not included);
+                               aa_{cls,patch,reg,attn_cls}_S and aa_pos_252x336 for S in 224,
+                               252x336: the same with interpolate_offset=0, antialias=True,
+                               which is what the hub *_reg models (dinov2_vits14_reg, ...),
+                               HF Dinov2WithRegisters and timm dynamic_img_size use (checked
+                               against timm and HF within 1e-5);
+                               views, numpy float64 then float32: pca_joint_components [3,D],
+                               pca_joint_mean [D], pca_joint_proj_{224,252x336} [N,3],
+                               pca_joint_rgb_{224,252x336} [N,3] (fit on the patch tokens of
+                               both pictures concatenated; components = Vt[:3] with the largest
+                               |entry| of each row made positive; rgb = per-component min-max
+                               over both pictures), pca_224_components / pca_224_mean /
+                               pca_rgb_224 [256,3] (fit on the 224 picture alone);
+                               sim_224_r3_c5 [16,16] and sim_224_r3_c5_to_252x336 [18,24]:
+                               cosine similarity of patch (row 3, col 5) of patch_224 with
+                               every patch of the 224 / 252x336 picture.
 
 Notes on the forward pass (this reproduces official
 ``vision_transformer.VisionTransformer``, not timm's forward):
@@ -478,6 +539,773 @@ def verify_model_files(cfg, out_dir, ref):
         assert torch.equal(head(out[:, 0]), ref["head_224"])
 
 
+# --------------------------------------------------------------------------- DINOv2 backbone
+# An independent transcription of the official facebookresearch/dinov2 backbone, inference path
+# only (dinov2/models/vision_transformer.py DinoVisionTransformer and dinov2/layers/*, checked
+# against the repository at commit b8931f7, 2025-08-14), cross-checked inside write_dinov2_model
+# against timm's VisionTransformer (timm's own checkpoint_filter_fn) and against transformers'
+# Dinov2Model / Dinov2WithRegistersModel (the key mapping of transformers' conversion scripts).
+
+V2_SMALL_MODELS = [
+    # hub-style: 4 registers, GELU MLP, LayerScale (dinov2_vits14_reg4 in miniature)
+    dict(name="v2reg4", patch_size=14, embed_dim=128, depth=2, num_heads=2, mlp_ratio=4,
+         num_register_tokens=4, ffn="mlp", img_size=98, init_values=1.0, block_chunks=0,
+         seed=3014),
+    # ViT-g style: SwiGLUFFNFused, no registers; written in the block-chunked training layout
+    dict(name="v2swiglu", patch_size=14, embed_dim=128, depth=2, num_heads=2, mlp_ratio=4,
+         num_register_tokens=0, ffn="swiglufused", img_size=98, init_values=1.0, block_chunks=2,
+         seed=3015),
+]
+V2_INPUTS = [("98", (1, 3, 98, 98)), ("224", (1, 3, 224, 224)), ("252x336", (1, 3, 252, 336))]
+V2_INTERPOLATE_OFFSET = 0.1      # the hub's settings for the models without registers
+V2_INTERPOLATE_ANTIALIAS = False
+V2_AA_INTERPOLATE_OFFSET = 0.0   # the hub's settings for the *_reg models (and HF / timm dynamic)
+V2_AA_INTERPOLATE_ANTIALIAS = True
+V2_WEIGHT_STD = 0.5              # Linear / Conv weights ~ N(0, (V2_WEIGHT_STD / sqrt(fan_in))^2)
+V2_POS_STD = 0.5                 # pos_embed ~ N(0, V2_POS_STD^2): interpolation errors show
+V2_TOKEN_STD = 0.5               # cls_token, register_tokens, mask_token
+V2_PERTURB_STD = 0.05            # biases, LayerNorm weight - 1 and bias
+V2_SIM_QUERY = (3, 5)            # (row, col) of the query patch of the similarity views
+V2_CHECK_TOL = 1e-5              # timm / HF cross-checks (max abs difference)
+
+
+class V2PatchEmbed(nn.Module):
+    """dinov2/layers/patch_embed.py PatchEmbed (norm_layer=None, flatten_embedding=True)."""
+
+    def __init__(self, img_size, patch_size, in_chans, embed_dim):
+        super().__init__()
+        self.img_size = (img_size, img_size)
+        self.patch_size = (patch_size, patch_size)
+        self.num_patches = (img_size // patch_size) ** 2
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+
+    def forward(self, x):
+        _, _, H, W = x.shape
+        assert H % self.patch_size[0] == 0 and W % self.patch_size[1] == 0, (H, W)
+        return self.proj(x).flatten(2).transpose(1, 2)  # B HW C
+
+
+class V2Attention(nn.Module):
+    """dinov2/layers/attention.py Attention (MemEffAttention without xFormers falls back to it):
+    fused qkv Linear with bias, scale head_dim**-0.5, scaled_dot_product_attention, proj."""
+
+    def __init__(self, dim, num_heads, qkv_bias=True, proj_bias=True):
+        super().__init__()
+        self.dim = dim
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads)
+        q, k, v = torch.unbind(qkv, 2)
+        q, k, v = [t.transpose(1, 2) for t in (q, k, v)]
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0)
+        x = x.transpose(1, 2).contiguous().view(B, N, C)
+        return self.proj(x)
+
+
+class V2LayerScale(nn.Module):
+    """dinov2/layers/layer_scale.py LayerScale: x * gamma (key 'gamma' [dim])."""
+
+    def __init__(self, dim, init_values):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
+
+    def forward(self, x):
+        return x * self.gamma
+
+
+class V2Mlp(nn.Module):
+    """dinov2/layers/mlp.py Mlp: fc1 - GELU (exact, erf) - fc2."""
+
+    def __init__(self, in_features, hidden_features):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, in_features)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def v2_swiglu_hidden(embed_dim, mlp_ratio):
+    """SwiGLUFFNFused hidden size: Block passes int(dim * mlp_ratio), the layer keeps 2/3 of it
+    rounded up to a multiple of 8 (128 * 4 -> 344; ViT-g 1536 * 4 -> 4096)."""
+    return (int(int(embed_dim * mlp_ratio) * 2 / 3) + 7) // 8 * 8
+
+
+class V2SwiGLUFFNFused(nn.Module):
+    """dinov2/layers/swiglu_ffn.py SwiGLUFFNFused (= SwiGLUFFN without xFormers; xFormers' packed
+    SwiGLU has the same w12 / w3 keys): x1, x2 = w12(x).chunk(2, -1); w3(silu(x1) * x2)."""
+
+    def __init__(self, in_features, hidden_features):
+        super().__init__()
+        hidden_features = (int(hidden_features * 2 / 3) + 7) // 8 * 8
+        self.w12 = nn.Linear(in_features, 2 * hidden_features)
+        self.w3 = nn.Linear(hidden_features, in_features)
+
+    def forward(self, x):
+        x1, x2 = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(x1) * x2)
+
+
+class V2Block(nn.Module):
+    """dinov2/layers/block.py Block (NestedTensorBlock on a plain tensor), eval branch:
+    x = x + ls1(attn(norm1(x))); x = x + ls2(mlp(norm2(x))); LayerNorm eps 1e-6."""
+
+    def __init__(self, dim, num_heads, mlp_ratio, init_values, ffn):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = V2Attention(dim, num_heads)
+        self.ls1 = V2LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        ffn_layer = {"mlp": V2Mlp, "swiglufused": V2SwiGLUFFNFused, "swiglu": V2SwiGLUFFNFused}[ffn]
+        self.mlp = ffn_layer(dim, int(dim * mlp_ratio))
+        self.ls2 = V2LayerScale(dim, init_values) if init_values else nn.Identity()
+
+    def forward(self, x):
+        x = x + self.ls1(self.attn(self.norm1(x)))
+        x = x + self.ls2(self.mlp(self.norm2(x)))
+        return x
+
+
+class V2BlockChunk(nn.ModuleList):
+    """dinov2/models/vision_transformer.py BlockChunk."""
+
+    def forward(self, x):
+        for b in self:
+            x = b(x)
+        return x
+
+
+class DinoV2Backbone(nn.Module):
+    """dinov2/models/vision_transformer.py DinoVisionTransformer, inference path.
+
+    Parameters are registered in the official order, so state_dict() has the official keys in
+    the official order: cls_token, pos_embed, [register_tokens], mask_token, patch_embed.proj.*,
+    blocks.*, norm.*.  block_chunks > 0 builds the official chunked layout (BlockChunk i holds
+    nn.Identity() placeholders then blocks i*chunk .. i*chunk+chunk-1, so block b of chunk c has
+    the keys blocks.c.b.*); block_chunks = 0 is the plain layout of the hub checkpoints.
+    """
+
+    def __init__(self, img_size=224, patch_size=14, in_chans=3, embed_dim=768, depth=12,
+                 num_heads=12, mlp_ratio=4.0, init_values=None, ffn_layer="mlp", block_chunks=0,
+                 num_register_tokens=0, interpolate_antialias=False, interpolate_offset=0.1):
+        super().__init__()
+        self.num_features = self.embed_dim = embed_dim
+        self.num_tokens = 1
+        self.n_blocks = depth
+        self.num_heads = num_heads
+        self.patch_size = patch_size
+        self.num_register_tokens = num_register_tokens
+        self.interpolate_antialias = interpolate_antialias
+        self.interpolate_offset = interpolate_offset
+
+        self.patch_embed = V2PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + self.num_tokens, embed_dim))
+        self.register_tokens = (
+            nn.Parameter(torch.zeros(1, num_register_tokens, embed_dim)) if num_register_tokens else None
+        )
+        blocks_list = [V2Block(embed_dim, num_heads, mlp_ratio, init_values, ffn_layer) for _ in range(depth)]
+        if block_chunks > 0:
+            self.chunked_blocks = True
+            chunked_blocks = []
+            chunksize = depth // block_chunks
+            for i in range(0, depth, chunksize):
+                chunked_blocks.append([nn.Identity()] * i + blocks_list[i: i + chunksize])
+            self.blocks = nn.ModuleList([V2BlockChunk(p) for p in chunked_blocks])
+        else:
+            self.chunked_blocks = False
+            self.blocks = nn.ModuleList(blocks_list)
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.head = nn.Identity()
+        self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))
+
+    def interpolate_pos_encoding(self, x, w, h):
+        """Official DinoVisionTransformer.interpolate_pos_encoding, verbatim.
+
+        NB the official names: prepare_tokens_with_masks does ``B, nc, w, h = x.shape``, so
+        ``w`` is the image HEIGHT (dim 2) and ``h`` the width (dim 3); scale_factor =
+        ((H/P + offset)/M, (W/P + offset)/M) on (rows, cols).  With an offset the op is given
+        the scale factor (not out/in sizes) and maps dst -> src = (dst + 0.5) / scale - 0.5;
+        with offset 0 it is given size=(H/P, W/P) (src = (dst + 0.5) * M / n - 0.5).
+        antialias=True selects torch's separable anti-aliased bicubic (cubic coefficient
+        a = -0.5, weights normalised per output pixel) instead of the plain A = -0.75 kernel,
+        which changes the result also when upsampling.
+        """
+        previous_dtype = x.dtype
+        npatch = x.shape[1] - 1
+        N = self.pos_embed.shape[1] - 1
+        if npatch == N and w == h:
+            return self.pos_embed
+        pos_embed = self.pos_embed.float()
+        class_pos_embed = pos_embed[:, 0]
+        patch_pos_embed = pos_embed[:, 1:]
+        dim = x.shape[-1]
+        w0 = w // self.patch_size
+        h0 = h // self.patch_size
+        M = int(math.sqrt(N))
+        assert N == M * M
+        kwargs = {}
+        if self.interpolate_offset:
+            sx = float(w0 + self.interpolate_offset) / M
+            sy = float(h0 + self.interpolate_offset) / M
+            kwargs["scale_factor"] = (sx, sy)
+        else:
+            kwargs["size"] = (w0, h0)
+        patch_pos_embed = F.interpolate(
+            patch_pos_embed.reshape(1, M, M, dim).permute(0, 3, 1, 2),
+            mode="bicubic",
+            antialias=self.interpolate_antialias,
+            **kwargs,
+        )
+        assert (w0, h0) == patch_pos_embed.shape[-2:]
+        patch_pos_embed = patch_pos_embed.permute(0, 2, 3, 1).view(1, -1, dim)
+        return torch.cat((class_pos_embed.unsqueeze(0), patch_pos_embed), dim=1).to(previous_dtype)
+
+    def prepare_tokens_with_masks(self, x, masks=None):
+        """Official: patch embed, CLS prepended, position embedding added, THEN the registers
+        inserted after CLS (they get no position); mask_token only used with masks."""
+        B, nc, w, h = x.shape
+        x = self.patch_embed(x)
+        if masks is not None:
+            x = torch.where(masks.unsqueeze(-1), self.mask_token.to(x.dtype).unsqueeze(0), x)
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        x = x + self.interpolate_pos_encoding(x, w, h)
+        if self.register_tokens is not None:
+            x = torch.cat((x[:, :1], self.register_tokens.expand(x.shape[0], -1, -1), x[:, 1:]), dim=1)
+        return x
+
+    def forward_features(self, x, masks=None):
+        x = self.prepare_tokens_with_masks(x, masks)
+        for blk in self.blocks:
+            x = blk(x)
+        x_norm = self.norm(x)
+        return {
+            "x_norm_clstoken": x_norm[:, 0],
+            "x_norm_regtokens": x_norm[:, 1: self.num_register_tokens + 1],
+            "x_norm_patchtokens": x_norm[:, self.num_register_tokens + 1:],
+            "x_prenorm": x,
+            "masks": masks,
+        }
+
+    def flat_blocks(self):
+        """The blocks in order, skipping the chunks' nn.Identity placeholders."""
+        if not self.chunked_blocks:
+            return list(self.blocks)
+        return [b for chunk in self.blocks for b in chunk if not isinstance(b, nn.Identity)]
+
+
+def build_dinov2(cfg, block_chunks=None, interpolate_offset=V2_INTERPOLATE_OFFSET,
+                 interpolate_antialias=V2_INTERPOLATE_ANTIALIAS):
+    return DinoV2Backbone(
+        img_size=cfg["img_size"], patch_size=cfg["patch_size"], embed_dim=cfg["embed_dim"],
+        depth=cfg["depth"], num_heads=cfg["num_heads"], mlp_ratio=cfg["mlp_ratio"],
+        init_values=cfg["init_values"], ffn_layer=cfg["ffn"],
+        block_chunks=cfg["block_chunks"] if block_chunks is None else block_chunks,
+        num_register_tokens=cfg["num_register_tokens"],
+        interpolate_antialias=interpolate_antialias, interpolate_offset=interpolate_offset,
+    ).float().eval()
+
+
+def v2_randn(rng, shape, std=1.0):
+    """numpy PCG64 normal draws (float64 -> float32): unlike torch's CPU samplers (trunc_normal_
+    goes through erfinv) these are the same bits on every machine."""
+    return torch.from_numpy((rng.standard_normal(tuple(shape)) * std).astype(np.float32))
+
+
+def init_dinov2_weights(model, cfg):
+    """Random weights, perturbed so a loader that drops or swaps any tensor fails.
+
+    Linear / Conv2d weights N(0, (V2_WEIGHT_STD/sqrt(fan_in))^2), the q and k rows of every qkv
+    weight times QK_SCALE (peaked attention); biases and LayerNorm biases 0.05*randn, LayerNorm
+    weights 1 + 0.05*randn; LayerScale gammas uniform in [0.5, 1.5] per channel; cls_token,
+    register_tokens, mask_token 0.5*randn; pos_embed V2_POS_STD*randn.
+    """
+    rng = np.random.Generator(np.random.PCG64(cfg["seed"]))
+    D = cfg["embed_dim"]
+    norm_names = (".norm1.", ".norm2.")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".gamma"):
+                v = torch.from_numpy(rng.uniform(0.5, 1.5, size=tuple(p.shape)).astype(np.float32))
+            elif name in ("cls_token", "register_tokens", "mask_token"):
+                v = v2_randn(rng, p.shape, V2_TOKEN_STD)
+            elif name == "pos_embed":
+                v = v2_randn(rng, p.shape, V2_POS_STD)
+            elif p.ndim == 1:
+                is_norm_weight = name.endswith(".weight") and (
+                    any(s in name for s in norm_names) or name == "norm.weight")
+                v = v2_randn(rng, p.shape, V2_PERTURB_STD) + (1.0 if is_norm_weight else 0.0)
+            else:
+                fan_in = int(np.prod(p.shape[1:]))
+                v = v2_randn(rng, p.shape, V2_WEIGHT_STD / math.sqrt(fan_in))
+                if name.endswith("attn.qkv.weight"):
+                    v[: 2 * D] *= QK_SCALE
+            p.copy_(v)
+
+
+def to_block_chunks(sd, depth, block_chunks):
+    """Plain official state dict (blocks.i.*) -> the block_chunks layout (blocks.c.i.*, c = the
+    chunk holding global block i: chunk c has blocks c*chunk .. c*chunk+chunk-1, chunk =
+    depth // block_chunks, as in DinoVisionTransformer.__init__).  Key order is kept."""
+    chunksize = depth // block_chunks
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("blocks."):
+            i, rest = k[len("blocks."):].split(".", 1)
+            i = int(i)
+            assert 0 <= i < depth, k
+            k = f"blocks.{i // chunksize}.{i}.{rest}"
+        out[k] = v
+    return out
+
+
+def v2_forward(model, img, all_attn=True):
+    """forward_features, plus the softmaxed attention of every block (manual_attention: by hand
+    from qkv; token order CLS, registers, patches).  Returns (features dict, [attn per block])."""
+    x = model.prepare_tokens_with_masks(img)
+    attns = []
+    for blk in model.flat_blocks():
+        if all_attn:
+            attns.append(manual_attention(blk, x))
+        x = blk(x)
+    x_norm = model.norm(x)
+    R = model.num_register_tokens
+    out = {"x_norm_clstoken": x_norm[:, 0], "x_norm_regtokens": x_norm[:, 1: R + 1],
+           "x_norm_patchtokens": x_norm[:, R + 1:], "x_prenorm": x, "x_norm": x_norm}
+    ff = model.forward_features(img)
+    assert torch.equal(ff["x_prenorm"], x)
+    return out, attns
+
+
+# --- layout conversions --------------------------------------------------------------------------
+
+def v2_hf_rename_keys(depth, swiglu, registers):
+    """create_rename_keys of transformers' conversion scripts
+    src/transformers/models/dinov2/convert_dinov2_to_hf.py and
+    src/transformers/models/dinov2_with_registers/convert_dinov2_with_registers_to_hf.py
+    (identical but for the register_tokens entry).  Reproduced here: the transformers 5.x wheel
+    does not ship the convert_*.py scripts."""
+    rk = [("cls_token", "embeddings.cls_token"), ("mask_token", "embeddings.mask_token"),
+          ("pos_embed", "embeddings.position_embeddings")]
+    if registers:
+        rk.append(("register_tokens", "embeddings.register_tokens"))
+    rk += [("patch_embed.proj.weight", "embeddings.patch_embeddings.projection.weight"),
+           ("patch_embed.proj.bias", "embeddings.patch_embeddings.projection.bias")]
+    for i in range(depth):
+        for n in ("norm1", "norm2"):
+            for s in ("weight", "bias"):
+                rk.append((f"blocks.{i}.{n}.{s}", f"encoder.layer.{i}.{n}.{s}"))
+        for n in (("w12", "w3") if swiglu else ("fc1", "fc2")):
+            for s in ("weight", "bias"):
+                rk.append((f"blocks.{i}.mlp.{n}.{s}", f"encoder.layer.{i}.mlp.{n}.{s}"))
+        rk.append((f"blocks.{i}.ls1.gamma", f"encoder.layer.{i}.layer_scale1.lambda1"))
+        rk.append((f"blocks.{i}.ls2.gamma", f"encoder.layer.{i}.layer_scale2.lambda1"))
+        rk.append((f"blocks.{i}.attn.proj.weight", f"encoder.layer.{i}.attention.output.dense.weight"))
+        rk.append((f"blocks.{i}.attn.proj.bias", f"encoder.layer.{i}.attention.output.dense.bias"))
+    rk += [("norm.weight", "layernorm.weight"), ("norm.bias", "layernorm.bias")]
+    return rk
+
+
+def v2_official_to_hf(sd, cfg):
+    """The conversion scripts' convert_*_checkpoint on a plain official state dict:
+    create_rename_keys + rename_key, read_in_q_k_v (qkv rows [0:D] query, [D:2D] key, [2D:3D]
+    value), then 'w12' -> 'weights_in', 'w3' -> 'weights_out'.  The result is the layout of the
+    HF hub files (model.safetensors of facebook/dinov2-*), which transformers 5.x still writes
+    with save_pretrained although its modules now name the tensors q_proj/k_proj/v_proj/o_proj
+    and gate_proj/up_proj/down_proj (it renames and splits on load)."""
+    D, depth = cfg["embed_dim"], cfg["depth"]
+    state_dict = dict(sd)
+    for src, dest in v2_hf_rename_keys(depth, cfg["ffn"] != "mlp", cfg["num_register_tokens"] > 0):
+        state_dict[dest] = state_dict.pop(src)
+    for i in range(depth):
+        w = state_dict.pop(f"blocks.{i}.attn.qkv.weight")
+        b = state_dict.pop(f"blocks.{i}.attn.qkv.bias")
+        pre = f"encoder.layer.{i}.attention.attention"
+        state_dict[f"{pre}.query.weight"] = w[:D, :]
+        state_dict[f"{pre}.query.bias"] = b[:D]
+        state_dict[f"{pre}.key.weight"] = w[D:2 * D, :]
+        state_dict[f"{pre}.key.bias"] = b[D:2 * D]
+        state_dict[f"{pre}.value.weight"] = w[-D:, :]
+        state_dict[f"{pre}.value.bias"] = b[-D:]
+    out = {}
+    for key, val in state_dict.items():
+        key = key.replace("w12", "weights_in").replace("w3", "weights_out")
+        out[key] = val.clone().contiguous()
+    return out
+
+
+def v2_timm_model(cfg, dynamic_img_size=False):
+    """timm's own DINOv2 definitions at our size: vit_small_patch14_reg4_dinov2 (reg_tokens=4,
+    no_embed_class=True, init_values) for registers, vit_giant_patch14_dinov2 (SwiGLUPacked,
+    SiLU) for the SwiGLU model.  timm's giant sets mlp_ratio=2.66667*2 so that
+    int(1536*5.33334) = 8192 = 2*4096; that constant only works for 1536, so the packed fc1 width
+    2*hidden is given exactly here (mlp_ratio = 2*hidden/D)."""
+    kw = dict(pretrained=False, num_classes=0, img_size=cfg["img_size"], embed_dim=cfg["embed_dim"],
+              depth=cfg["depth"], num_heads=cfg["num_heads"], init_values=cfg["init_values"],
+              dynamic_img_size=dynamic_img_size)
+    if cfg["ffn"] == "mlp":
+        assert cfg["num_register_tokens"] == 4
+        m = timm.create_model("vit_small_patch14_reg4_dinov2", mlp_ratio=cfg["mlp_ratio"], **kw)
+    else:
+        assert cfg["num_register_tokens"] == 0
+        hidden = v2_swiglu_hidden(cfg["embed_dim"], cfg["mlp_ratio"])
+        m = timm.create_model("vit_giant_patch14_dinov2", mlp_ratio=2 * hidden / cfg["embed_dim"], **kw)
+        assert m.blocks[0].mlp.fc1.out_features == 2 * hidden, m.blocks[0].mlp.fc1
+    m = m.float().eval()
+    assert m.global_pool == "token" and m.cls_token is not None
+    assert m.no_embed_class == (cfg["num_register_tokens"] > 0)
+    for name in ("norm_pre", "fc_norm", "head", "patch_drop"):
+        assert isinstance(getattr(m, name), (nn.Identity, nn.Dropout)), name
+    assert isinstance(m.patch_embed.norm, nn.Identity)
+    for blk in m.blocks:
+        assert abs(blk.norm1.eps - 1e-6) < 1e-12 and abs(m.norm.eps - 1e-6) < 1e-12
+        assert isinstance(blk.attn.q_norm, nn.Identity) and isinstance(blk.attn.k_norm, nn.Identity)
+    return m
+
+
+def v2_official_to_timm(sd, model):
+    """timm.models.vision_transformer.checkpoint_filter_fn (its _convert_dinov2: drops
+    mask_token; with registers register_tokens -> reg_token and cls_token + pos_embed[:, 0] ->
+    cls_token, pos_embed[:, 1:] for the no_embed_class model; mlp.w12/w3 -> mlp.fc1/fc2)."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+    out = checkpoint_filter_fn({k: v.clone() for k, v in sd.items()}, model)
+    return {k: v.clone().contiguous() for k, v in out.items()}
+
+
+def v2_hf_config(cfg):
+    from transformers import Dinov2Config, Dinov2WithRegistersConfig
+    kw = dict(hidden_size=cfg["embed_dim"], num_hidden_layers=cfg["depth"],
+              num_attention_heads=cfg["num_heads"], mlp_ratio=cfg["mlp_ratio"], hidden_act="gelu",
+              layer_norm_eps=1e-6, image_size=cfg["img_size"], patch_size=cfg["patch_size"],
+              qkv_bias=True, layerscale_value=cfg["init_values"], use_swiglu_ffn=cfg["ffn"] != "mlp")
+    if cfg["num_register_tokens"]:
+        return Dinov2WithRegistersConfig(num_register_tokens=cfg["num_register_tokens"], **kw)
+    return Dinov2Config(**kw)
+
+
+def v2_hf_load(cfg, hf_sd):
+    """Load an HF-layout state dict through transformers' own loading path (from_pretrained on a
+    local folder: config.json + model.safetensors, so transformers' checkpoint conversion
+    mapping applies); strict: no missing / unexpected / mismatched keys.  Also checks that the
+    model's save_pretrained writes back exactly these tensors under exactly these names."""
+    import tempfile
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local folder only
+    from transformers import Dinov2Model, Dinov2WithRegistersModel
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    cls = Dinov2WithRegistersModel if cfg["num_register_tokens"] else Dinov2Model
+    with tempfile.TemporaryDirectory() as d:
+        v2_hf_config(cfg).save_pretrained(d)
+        save_file(hf_sd, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
+        model, info = cls.from_pretrained(d, output_loading_info=True)
+        model = model.float().eval()
+        bad = {k: v for k, v in info.items() if v}
+        assert not bad, bad
+        d2 = os.path.join(d, "resaved")
+        model.save_pretrained(d2)
+        back = load_file(os.path.join(d2, "model.safetensors"))
+    assert set(back) == set(hf_sd), sorted(set(back) ^ set(hf_sd))
+    for k in back:
+        assert torch.equal(back[k], hf_sd[k]), k
+    return model
+
+
+def v2_pca(X):
+    """PCA to 3 components, numpy float64: mean = X.mean(0); U, S, Vt = svd(X - mean);
+    components = Vt[:3], each row's sign flipped so that its entry of largest |value| is
+    positive; proj = (X - mean) @ components.T."""
+    X = np.asarray(X, dtype=np.float64)
+    mean = X.mean(0)
+    _, _, Vt = np.linalg.svd(X - mean, full_matrices=False)
+    comps = Vt[:3].copy()
+    idx = np.argmax(np.abs(comps), axis=1)
+    comps *= np.sign(comps[np.arange(3), idx])[:, None]
+    return comps, mean, (X - mean) @ comps.T
+
+
+def v2_rgb(proj):
+    """Per-component min-max to [0, 1] over all rows given."""
+    lo, hi = proj.min(0), proj.max(0)
+    return (proj - lo) / (hi - lo)
+
+
+def v2_cosine(q, X):
+    q = np.asarray(q, dtype=np.float64)
+    X = np.asarray(X, dtype=np.float64)
+    return X @ q / (np.linalg.norm(X, axis=1) * np.linalg.norm(q))
+
+
+# --- writer --------------------------------------------------------------------------------------
+
+def write_dinov2_model(cfg, out_dir):
+    name, P, D = cfg["name"], cfg["patch_size"], cfg["embed_dim"]
+    R, depth, nh = cfg["num_register_tokens"], cfg["depth"], cfg["num_heads"]
+    assert D // nh == 64 and cfg["img_size"] % P == 0
+    grid = cfg["img_size"] // P
+    model = build_dinov2(cfg, block_chunks=0)
+    init_dinov2_weights(model, cfg)
+    sd = contiguous_sd(model.state_dict())
+    head_keys = ["cls_token", "pos_embed"] + (["register_tokens"] if R else []) + ["mask_token"]
+    assert list(sd)[:len(head_keys)] == head_keys, list(sd)[:6]
+    assert sd["pos_embed"].shape == (1, 1 + grid * grid, D) and sd["mask_token"].shape == (1, D)
+    if cfg["ffn"] != "mlp":
+        hid = v2_swiglu_hidden(D, cfg["mlp_ratio"])
+        assert sd["blocks.0.mlp.w12.weight"].shape == (2 * hid, D) and sd["blocks.0.mlp.w3.weight"].shape == (D, hid)
+    notes = []
+
+    # the v1 helper is the same official formula (offset 0.1, no antialias): must agree
+    with torch.no_grad():
+        for H, W in ((224, 224), (252, 336)):
+            x_dummy = torch.zeros(1, 1 + (H // P) * (W // P), D)
+            a = model.interpolate_pos_encoding(x_dummy, H, W)
+            b = interpolate_pos_encoding(model.pos_embed, H, W, P)
+            assert torch.equal(a, b), (H, W)
+
+    # ---- layouts
+    files = []
+    if cfg["block_chunks"]:
+        chunked = build_dinov2(cfg)
+        csd = to_block_chunks(sd, depth, cfg["block_chunks"])
+        assert list(csd) == list(chunked.state_dict()), (list(csd), list(chunked.state_dict()))
+        chunked.load_state_dict(csd, strict=True)
+        p = os.path.join(out_dir, f"{name}_chunked.pth")
+        torch.save(csd, p)
+        files.append(p)
+    else:
+        chunked = None
+        p = os.path.join(out_dir, f"{name}_official.pth")
+        torch.save(sd, p)
+        files.append(p)
+
+    # ---- reference outputs (official settings) and, for the register model, the hub *_reg
+    #      interpolation (offset 0, antialias) as aa_* keys
+    aa_model = None
+    if R:
+        aa_model = build_dinov2(cfg, block_chunks=0, interpolate_offset=V2_AA_INTERPOLATE_OFFSET,
+                                interpolate_antialias=V2_AA_INTERPOLATE_ANTIALIAS)
+        aa_model.load_state_dict(sd, strict=True)
+    ref, full = {}, {}
+    rng = np.random.Generator(np.random.PCG64(cfg["seed"] + 100))
+    with torch.no_grad():
+        for tag, shape in V2_INPUTS:
+            img = v2_randn(rng, shape)
+            H, W = shape[2], shape[3]
+            out, attns = v2_forward(model, img)
+            T = 1 + R + (H // P) * (W // P)
+            assert len(attns) == depth and all(a.shape == (1, nh, T, T) for a in attns)
+            if chunked is not None:
+                cout, cattns = v2_forward(chunked, img)
+                assert torch.equal(cout["x_norm"], out["x_norm"]) and all(torch.equal(a, b) for a, b in zip(attns, cattns))
+            ref[f"input_{tag}"] = img
+            ref[f"cls_{tag}"] = out["x_norm_clstoken"]
+            ref[f"patch_{tag}"] = out["x_norm_patchtokens"]
+            if R:
+                ref[f"reg_{tag}"] = out["x_norm_regtokens"]
+            ref[f"attn_cls_{tag}"] = attns[-1][:, :, 0, :]
+            if tag == "224":
+                for i, a in enumerate(attns):
+                    ref[f"attn_cls_224_layer{i}"] = a[:, :, 0, :]
+            full[tag] = out
+            if tag == "252x336" and R:
+                ref[f"pos_{tag}"] = model.interpolate_pos_encoding(torch.zeros(1, 1 + (H // P) * (W // P), D), H, W)
+            if aa_model is not None and tag != "98":
+                aout, aattns = v2_forward(aa_model, img)
+                ref[f"aa_cls_{tag}"] = aout["x_norm_clstoken"]
+                ref[f"aa_patch_{tag}"] = aout["x_norm_patchtokens"]
+                ref[f"aa_reg_{tag}"] = aout["x_norm_regtokens"]
+                ref[f"aa_attn_cls_{tag}"] = aattns[-1][:, :, 0, :]
+                full["aa_" + tag] = aout
+                if tag == "252x336":
+                    ref[f"aa_pos_{tag}"] = aa_model.interpolate_pos_encoding(
+                        torch.zeros(1, 1 + (H // P) * (W // P), D), H, W)
+        # attention is peaked, not uniform (checks QK_SCALE did its job)
+        peak = float(ref["attn_cls_224"].max())
+        T = ref["attn_cls_224"].shape[-1]
+        print(f"  {name}: CLS attention max {peak:.3f} (uniform {1 / T:.4f}), "
+              f"|patch_224| mean {float(full['224']['x_norm_patchtokens'].abs().mean()):.3f}")
+        assert peak > 10 / T
+
+    # ---- (a) timm cross-check at the native size (and the aa_* outputs via dynamic_img_size)
+    timm_model = v2_timm_model(cfg)
+    tsd = v2_official_to_timm(sd, timm_model)
+    timm_model.load_state_dict(tsd, strict=True)
+    if R:
+        assert "mask_token" not in tsd and tsd["reg_token"].shape == (1, R, D)
+        assert tsd["pos_embed"].shape == (1, grid * grid, D)
+        assert torch.equal(tsd["cls_token"], sd["cls_token"] + sd["pos_embed"][:, :1])
+        p = os.path.join(out_dir, f"{name}_timm.safetensors")
+        save_safetensors(tsd, p)
+        files.append(p)
+    checks = {}
+    with torch.no_grad():
+        tf = timm_model.forward_features(ref["input_98"])
+        nat = full["98"]["x_norm"]
+        checks["timm_98"] = float((tf - nat).abs().max())
+        print(f"  {name}: timm forward_features vs transcription at 98: max|diff| {checks['timm_98']:.3g} "
+              f"(CLS {float((tf[:, 0] - nat[:, 0]).abs().max()):.3g}, "
+              f"patches {float((tf[:, 1 + R:] - nat[:, 1 + R:]).abs().max()):.3g})")
+        assert checks["timm_98"] < V2_CHECK_TOL, checks
+        tdyn = v2_timm_model(cfg, dynamic_img_size=True)
+        tdyn.load_state_dict(tsd, strict=True)
+        for tag in ("224", "252x336"):
+            tf = tdyn.forward_features(ref[f"input_{tag}"])
+            if R:
+                d = float((tf - full["aa_" + tag]["x_norm"]).abs().max())
+                checks[f"timm_dynamic_{tag}_vs_aa"] = d
+                print(f"  {name}: timm dynamic_img_size vs aa_* (offset 0, antialias) at {tag}: max|diff| {d:.3g}")
+                assert d < V2_CHECK_TOL, (tag, d)
+            d = float((tf - full[tag]["x_norm"]).abs().max())
+            checks[f"timm_dynamic_{tag}_vs_official"] = d
+            print(f"  {name}: timm dynamic_img_size vs official interpolation (offset 0.1) at {tag}: "
+                  f"max|diff| {d:.3g} (expected to differ)")
+
+    # ---- (b) HF transformers cross-check
+    hf_sd = v2_official_to_hf(sd, cfg)
+    try:
+        import transformers
+        hf_version = transformers.__version__
+    except ImportError:
+        hf_version = None
+    if hf_version is not None:
+        hf = v2_hf_load(cfg, hf_sd)
+        with torch.no_grad():
+            lh = hf(pixel_values=ref["input_98"]).last_hidden_state
+            checks["hf_98"] = float((lh - full["98"]["x_norm"]).abs().max())
+            print(f"  {name}: HF {type(hf).__name__} last_hidden_state vs transcription at 98: "
+                  f"max|diff| {checks['hf_98']:.3g}")
+            assert checks["hf_98"] < V2_CHECK_TOL, checks
+            # HF's interpolation: Dinov2WithRegisters = size-based + antialias (= the hub *_reg
+            # settings); Dinov2 = size-based, NO offset, no antialias (differs from official).
+            other = build_dinov2(cfg, block_chunks=0, interpolate_offset=0.0,
+                                 interpolate_antialias=bool(R))
+            other.load_state_dict(sd, strict=True)
+            for tag in ("224", "252x336"):
+                lh = hf(pixel_values=ref[f"input_{tag}"]).last_hidden_state
+                o, _ = v2_forward(other, ref[f"input_{tag}"], all_attn=False)
+                d_same = float((lh - o["x_norm"]).abs().max())
+                d_off = float((lh - full[tag]["x_norm"]).abs().max())
+                checks[f"hf_{tag}_vs_offset0_aa{int(bool(R))}"] = d_same
+                checks[f"hf_{tag}_vs_official"] = d_off
+                print(f"  {name}: HF at {tag}: vs transcription with offset 0, antialias={bool(R)}: "
+                      f"max|diff| {d_same:.3g}; vs official offset 0.1 no-antialias: {d_off:.3g}")
+                assert d_same < V2_CHECK_TOL, (tag, d_same)
+        hf_note = f"loaded by transformers {hf_version} from_pretrained (strict), forward checked"
+    else:
+        hf_note = "transformers not installed: written by the conversion-script mapping, not checked"
+        print(f"  {name}: {hf_note}")
+    notes.append(hf_note)
+    p = os.path.join(out_dir, f"{name}_hf.safetensors")
+    save_safetensors(hf_sd, p)
+    files.append(p)
+
+    # ---- views (numpy float64), register model only
+    if R:
+        p224 = full["224"]["x_norm_patchtokens"][0].double().numpy()
+        p2 = full["252x336"]["x_norm_patchtokens"][0].double().numpy()
+        n1 = p224.shape[0]
+        comps, mean, proj = v2_pca(np.concatenate([p224, p2], 0))
+        rgb = v2_rgb(proj)
+        ref["pca_joint_components"] = torch.from_numpy(comps)
+        ref["pca_joint_mean"] = torch.from_numpy(mean)
+        ref["pca_joint_proj_224"] = torch.from_numpy(proj[:n1])
+        ref["pca_joint_proj_252x336"] = torch.from_numpy(proj[n1:])
+        ref["pca_joint_rgb_224"] = torch.from_numpy(rgb[:n1])
+        ref["pca_joint_rgb_252x336"] = torch.from_numpy(rgb[n1:])
+        c1, m1, pr1 = v2_pca(p224)
+        ref["pca_224_components"] = torch.from_numpy(c1)
+        ref["pca_224_mean"] = torch.from_numpy(m1)
+        ref["pca_rgb_224"] = torch.from_numpy(v2_rgb(pr1))
+        r, c = V2_SIM_QUERY
+        q = p224[r * (224 // P) + c]
+        ref[f"sim_224_r{r}_c{c}"] = torch.from_numpy(v2_cosine(q, p224).reshape(224 // P, 224 // P))
+        ref[f"sim_224_r{r}_c{c}_to_252x336"] = torch.from_numpy(v2_cosine(q, p2).reshape(252 // P, 336 // P))
+
+    ref = {k: v.detach().float().contiguous() for k, v in ref.items()}
+    config = {k: cfg[k] for k in ("embed_dim", "depth", "num_heads", "patch_size",
+                                  "num_register_tokens", "ffn", "img_size")}
+    config.update(mlp_ratio=cfg["mlp_ratio"], init_values=cfg["init_values"], layer_norm_eps=1e-6,
+                  block_chunks=cfg["block_chunks"], interpolate_offset=V2_INTERPOLATE_OFFSET,
+                  interpolate_antialias=V2_INTERPOLATE_ANTIALIAS)
+    if cfg["ffn"] != "mlp":
+        config["swiglu_hidden"] = v2_swiglu_hidden(D, cfg["mlp_ratio"])
+    meta = {
+        "config": json.dumps(config, sort_keys=True),
+        "model": name, "seed": cfg["seed"], "qk_init_scale": QK_SCALE,
+        "weight_std": V2_WEIGHT_STD, "pos_std": V2_POS_STD, "token_std": V2_TOKEN_STD,
+        "perturb_std": V2_PERTURB_STD,
+        "aa_settings": json.dumps({"interpolate_offset": V2_AA_INTERPOLATE_OFFSET,
+                                   "interpolate_antialias": V2_AA_INTERPOLATE_ANTIALIAS}) if R else "",
+        "checks": json.dumps(checks, sort_keys=True), "hf": hf_note,
+        "stored_keys": ",".join(sorted(ref)),
+        "torch_version": torch.__version__, "timm_version": timm.__version__,
+        "transformers_version": str(hf_version), "source": "tools/reference.py",
+    }
+    p = os.path.join(out_dir, f"{name}_ref.safetensors")
+    save_safetensors(ref, p, metadata={k: str(v) for k, v in sorted(meta.items())})
+    files.append(p)
+    verify_dinov2_files(cfg, out_dir, ref)
+    return files
+
+
+def verify_dinov2_files(cfg, out_dir, ref):
+    """Reload what was written and reproduce the reference outputs from each layout."""
+    name, R, D = cfg["name"], cfg["num_register_tokens"], cfg["embed_dim"]
+    if cfg["block_chunks"]:
+        sd = torch.load(os.path.join(out_dir, f"{name}_chunked.pth"), map_location="cpu", weights_only=True)
+        model = build_dinov2(cfg)
+    else:
+        sd = torch.load(os.path.join(out_dir, f"{name}_official.pth"), map_location="cpu", weights_only=True)
+        model = build_dinov2(cfg)
+    model.load_state_dict(sd, strict=True)
+    with torch.no_grad():
+        for tag, _ in V2_INPUTS:
+            out, attns = v2_forward(model, ref[f"input_{tag}"])
+            assert torch.equal(out["x_norm_clstoken"], ref[f"cls_{tag}"]), tag
+            assert torch.equal(out["x_norm_patchtokens"], ref[f"patch_{tag}"]), tag
+            assert torch.equal(attns[-1][:, :, 0, :], ref[f"attn_cls_{tag}"]), tag
+    if cfg["block_chunks"]:
+        # undo the chunking (blocks.c.i.* -> blocks.i.*) and check it round-trips
+        plain = {}
+        for k, v in sd.items():
+            if k.startswith("blocks."):
+                _, c, i, rest = k.split(".", 3)
+                assert int(c) == int(i) // (cfg["depth"] // cfg["block_chunks"]), k
+                k = f"blocks.{i}.{rest}"
+            plain[k] = v
+        back = to_block_chunks(plain, cfg["depth"], cfg["block_chunks"])
+        assert list(back) == list(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
+    else:
+        plain = sd
+    hf = load_file(os.path.join(out_dir, f"{name}_hf.safetensors"))
+    exp = v2_official_to_hf(plain, cfg)
+    assert set(hf) == set(exp) and all(torch.equal(hf[k], exp[k]) for k in hf)
+    if R:
+        t = load_file(os.path.join(out_dir, f"{name}_timm.safetensors"))
+        assert "reg_token" in t and t["pos_embed"].shape[1] == (cfg["img_size"] // cfg["patch_size"]) ** 2
+        assert torch.equal(t["reg_token"], sd["register_tokens"])
+
+
+def write_dinov2(out_dir):
+    """All DINOv2 fixtures, computed on one thread whatever the caller set (the float32 sums,
+    hence the last bits of the outputs, depend on torch's thread count)."""
+    files = []
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for cfg in V2_SMALL_MODELS:
+            files += write_dinov2_model(cfg, out_dir)
+    finally:
+        torch.set_num_threads(n_threads)
+    return files
+
+
 # --------------------------------------------------------------------------- loss / schedules
 
 def cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epochs=0, start_warmup_value=0):
@@ -700,6 +1528,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("mode", nargs="?", default="small", choices=["small", "full"])
     ap.add_argument("--out", default=None, help="output directory (default: tests/fixtures for small)")
+    ap.add_argument("--only", default="all", choices=["all", "dino", "dinov2"],
+                    help="small mode: write only the DINO v1 fixtures (tiny*, losses, schedules) "
+                         "or only the DINOv2 ones (v2*); default all")
     ap.add_argument("--max-full-elems", type=int, default=None,
                     help="store attn_S / inter_S only if they have at most this many elements "
                          "(default: 2**18 in small mode, unlimited in full mode; <0 = unlimited)")
@@ -715,11 +1546,14 @@ def main(argv=None):
     os.makedirs(out_dir, exist_ok=True)
 
     files = []
-    for cfg in (SMALL_MODELS if small else FULL_MODELS):
-        files += write_model(cfg, out_dir, small, max_full)
-    if small:
-        files += write_losses(out_dir)
-        files += write_schedules(out_dir)
+    if not small or args.only in ("all", "dino"):
+        for cfg in (SMALL_MODELS if small else FULL_MODELS):
+            files += write_model(cfg, out_dir, small, max_full)
+        if small:
+            files += write_losses(out_dir)
+            files += write_schedules(out_dir)
+    if small and args.only in ("all", "dinov2"):
+        files += write_dinov2(out_dir)
 
     print(f"tools/reference.py {args.mode}: torch {torch.__version__}, timm {timm.__version__}, "
           f"safetensors {safetensors.__version__}, numpy {np.__version__}")

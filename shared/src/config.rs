@@ -29,6 +29,25 @@ pub struct VitConfig {
     /// The blocks' feed-forward layer (official DINOv2 `ffn_layer`).
     #[serde(default)]
     pub ffn_layer: FfnLayer,
+    /// How the position embedding is resized to another patch grid.
+    #[serde(default)]
+    pub pos_interpolation: PosInterpolation,
+}
+
+/// How the learned position embedding is resized to another patch grid (official DINOv2
+/// `interpolate_offset` / `interpolate_antialias`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PosInterpolation {
+    /// Bicubic (A = -0.75) with the scale factor (n + 0.1) / M: DINO v1
+    /// (`interpolate_pos_encoding`) and the DINOv2 hub models without registers
+    /// (`interpolate_offset=0.1, interpolate_antialias=False`).
+    #[default]
+    Offset,
+    /// Antialiased bicubic (torch's `_upsample_bicubic2d_aa`: A = -0.5, support widened when
+    /// shrinking) to the exact size: the DINOv2 hub models with registers
+    /// (`dinov2_vit*14_reg`: `interpolate_offset=0.0, interpolate_antialias=True`).
+    Antialias,
 }
 
 /// The feed-forward layer of a block (official DINOv2 `ffn_layer` argument).
@@ -65,6 +84,7 @@ impl VitConfig {
             num_register_tokens: 0,
             layer_scale: false,
             ffn_layer: FfnLayer::Mlp,
+            pos_interpolation: PosInterpolation::Offset,
         })
     }
 
@@ -82,6 +102,7 @@ impl VitConfig {
             num_register_tokens: 0,
             layer_scale: false,
             ffn_layer: FfnLayer::Mlp,
+            pos_interpolation: PosInterpolation::Offset,
         }
     }
 

@@ -250,7 +250,7 @@ impl VisionTransformer {
         let dim = self.config.embed_dim;
         let cls = self.cls_token.val().expand([b, 1, dim]);
         let x = Tensor::cat(vec![cls, x], 1);
-        let x = x + interpolate_pos_encoding(self.pos_embed.val(), gh, gw);
+        let x = x + interpolate_pos_encoding(self.pos_embed.val(), gh, gw, self.config.pos_interpolation);
         match &self.register_tokens {
             Some(registers) => {
                 let r = registers.val();

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use burn::tensor::Device;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::config::{ConfigError, FfnLayer, HeadConfig, VitConfig};
+use crate::config::{ConfigError, FfnLayer, HeadConfig, PosInterpolation, VitConfig};
 use crate::layouts;
 use crate::head::DinoHead;
 use crate::state_dict::{load_state_dict, to_state_dict, HostTensor, LoadMismatch, StateDict};
@@ -273,6 +273,7 @@ impl WeightsFile {
                     }
                     cfg.num_register_tokens = found.num_register_tokens;
                     cfg.layer_scale = found.layer_scale;
+                    cfg.pos_interpolation = found.pos_interpolation;
                     if found.ffn_layer != cfg.ffn_layer {
                         (cfg.ffn_layer, cfg.mlp_ratio) = (found.ffn_layer, found.mlp_ratio);
                     }
@@ -418,6 +419,8 @@ pub fn infer_vit_config(sd: &StateDict, num_heads: Option<usize>) -> Result<VitC
         num_register_tokens,
         layer_scale: sd.contains_key("blocks.0.ls1.gamma"),
         ffn_layer,
+        // The official hub's convention: the models with registers resize with antialiasing.
+        pos_interpolation: if num_register_tokens > 0 { PosInterpolation::Antialias } else { PosInterpolation::Offset },
     })
 }
 

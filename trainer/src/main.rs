@@ -47,6 +47,8 @@ enum Command {
     Pca(commands::views::PcaArgs),
     /// Cosine similarity of one patch's features with every patch of a picture.
     Similarity(commands::views::SimilarityArgs),
+    /// Attention of every frame of a clip (frames folder, GIF, or video via ffmpeg) as an animated GIF.
+    Video(commands::video::VideoArgs),
     /// CLS features of images as a .npy matrix.
     Embed(commands::embed::EmbedArgs),
     /// Convert weights to one compact safetensors file (the web page's format).
@@ -65,6 +67,7 @@ fn main() {
         Command::Attention(a) => commands::attention::run(a),
         Command::Pca(a) => commands::views::run_pca(a),
         Command::Similarity(a) => commands::views::run_similarity(a),
+        Command::Video(a) => commands::video::run(a),
         Command::Embed(a) => commands::embed::run(a),
         Command::Export(a) => commands::export::run(a),
         Command::Bench(a) => commands::bench::run(a),

@@ -6,6 +6,7 @@ pub mod export;
 pub mod knn;
 pub mod linear;
 pub mod train;
+pub mod video;
 pub mod views;
 
 use std::path::PathBuf;
