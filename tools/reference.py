@@ -556,7 +556,22 @@ V2_SMALL_MODELS = [
          num_register_tokens=0, ffn="swiglufused", img_size=98, init_values=1.0, block_chunks=2,
          seed=3015),
 ]
-V2_INPUTS = [("98", (1, 3, 98, 98)), ("224", (1, 3, 224, 224)), ("252x336", (1, 3, 252, 336))]
+V2_RESIZED_INPUTS = [("224", (1, 3, 224, 224)), ("252x336", (1, 3, 252, 336))]
+
+
+def v2_inputs(cfg):
+    """(tag, shape) of the reference inputs: the native size (no resizing), then two others."""
+    n = cfg["img_size"]
+    return [(str(n), (1, 3, n, n))] + V2_RESIZED_INPUTS
+
+
+# Full-size check (`tools/reference.py full`, then `tools/parity-full.sh`): the hub's
+# dinov2_vits14_reg4 shape with random weights.
+V2_FULL_MODELS = [
+    dict(name="vits14reg4", patch_size=14, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4,
+         num_register_tokens=4, ffn="mlp", img_size=518, init_values=1.0, block_chunks=0,
+         seed=4014),
+]
 V2_INTERPOLATE_OFFSET = 0.1      # the hub's settings for the models without registers
 V2_INTERPOLATE_ANTIALIAS = False
 V2_AA_INTERPOLATE_OFFSET = 0.0   # the hub's settings for the *_reg models (and HF / timm dynamic)
@@ -1049,6 +1064,7 @@ def write_dinov2_model(cfg, out_dir):
     R, depth, nh = cfg["num_register_tokens"], cfg["depth"], cfg["num_heads"]
     assert D // nh == 64 and cfg["img_size"] % P == 0
     grid = cfg["img_size"] // P
+    native = str(cfg["img_size"])
     model = build_dinov2(cfg, block_chunks=0)
     init_dinov2_weights(model, cfg)
     sd = contiguous_sd(model.state_dict())
@@ -1094,7 +1110,7 @@ def write_dinov2_model(cfg, out_dir):
     ref, full = {}, {}
     rng = np.random.Generator(np.random.PCG64(cfg["seed"] + 100))
     with torch.no_grad():
-        for tag, shape in V2_INPUTS:
+        for tag, shape in v2_inputs(cfg):
             img = v2_randn(rng, shape)
             H, W = shape[2], shape[3]
             out, attns = v2_forward(model, img)
@@ -1115,7 +1131,7 @@ def write_dinov2_model(cfg, out_dir):
             full[tag] = out
             if tag == "252x336" and R:
                 ref[f"pos_{tag}"] = model.interpolate_pos_encoding(torch.zeros(1, 1 + (H // P) * (W // P), D), H, W)
-            if aa_model is not None and tag != "98":
+            if aa_model is not None and tag != native:
                 aout, aattns = v2_forward(aa_model, img)
                 ref[f"aa_cls_{tag}"] = aout["x_norm_clstoken"]
                 ref[f"aa_patch_{tag}"] = aout["x_norm_patchtokens"]
@@ -1145,8 +1161,8 @@ def write_dinov2_model(cfg, out_dir):
         files.append(p)
     checks = {}
     with torch.no_grad():
-        tf = timm_model.forward_features(ref["input_98"])
-        nat = full["98"]["x_norm"]
+        tf = timm_model.forward_features(ref[f"input_{native}"])
+        nat = full[native]["x_norm"]
         checks["timm_98"] = float((tf - nat).abs().max())
         print(f"  {name}: timm forward_features vs transcription at 98: max|diff| {checks['timm_98']:.3g} "
               f"(CLS {float((tf[:, 0] - nat[:, 0]).abs().max()):.3g}, "
@@ -1176,8 +1192,8 @@ def write_dinov2_model(cfg, out_dir):
     if hf_version is not None:
         hf = v2_hf_load(cfg, hf_sd)
         with torch.no_grad():
-            lh = hf(pixel_values=ref["input_98"]).last_hidden_state
-            checks["hf_98"] = float((lh - full["98"]["x_norm"]).abs().max())
+            lh = hf(pixel_values=ref[f"input_{native}"]).last_hidden_state
+            checks["hf_98"] = float((lh - full[native]["x_norm"]).abs().max())
             print(f"  {name}: HF {type(hf).__name__} last_hidden_state vs transcription at 98: "
                   f"max|diff| {checks['hf_98']:.3g}")
             assert checks["hf_98"] < V2_CHECK_TOL, checks
@@ -1265,7 +1281,7 @@ def verify_dinov2_files(cfg, out_dir, ref):
         model = build_dinov2(cfg)
     model.load_state_dict(sd, strict=True)
     with torch.no_grad():
-        for tag, _ in V2_INPUTS:
+        for tag, _ in v2_inputs(cfg):
             out, attns = v2_forward(model, ref[f"input_{tag}"])
             assert torch.equal(out["x_norm_clstoken"], ref[f"cls_{tag}"]), tag
             assert torch.equal(out["x_norm_patchtokens"], ref[f"patch_{tag}"]), tag
@@ -1292,14 +1308,14 @@ def verify_dinov2_files(cfg, out_dir, ref):
         assert torch.equal(t["reg_token"], sd["register_tokens"])
 
 
-def write_dinov2(out_dir):
-    """All DINOv2 fixtures, computed on one thread whatever the caller set (the float32 sums,
+def write_dinov2(out_dir, models):
+    """The DINOv2 fixtures of `models`, computed on one thread whatever the caller set (the float32 sums,
     hence the last bits of the outputs, depend on torch's thread count)."""
     files = []
     n_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for cfg in V2_SMALL_MODELS:
+        for cfg in models:
             files += write_dinov2_model(cfg, out_dir)
     finally:
         torch.set_num_threads(n_threads)
@@ -1546,14 +1562,14 @@ def main(argv=None):
     os.makedirs(out_dir, exist_ok=True)
 
     files = []
-    if not small or args.only in ("all", "dino"):
+    if args.only in ("all", "dino"):
         for cfg in (SMALL_MODELS if small else FULL_MODELS):
             files += write_model(cfg, out_dir, small, max_full)
         if small:
             files += write_losses(out_dir)
             files += write_schedules(out_dir)
-    if small and args.only in ("all", "dinov2"):
-        files += write_dinov2(out_dir)
+    if args.only in ("all", "dinov2"):
+        files += write_dinov2(out_dir, V2_SMALL_MODELS if small else V2_FULL_MODELS)
 
     print(f"tools/reference.py {args.mode}: torch {torch.__version__}, timm {timm.__version__}, "
           f"safetensors {safetensors.__version__}, numpy {np.__version__}")

@@ -212,3 +212,21 @@ fn similarity_equals_numpy() {
     let d = max_abs_diff(&sim, &patch_similarity(&aa, 3, 5, &aa).unwrap());
     assert!(d <= 1e-4, "similarity from our forward differs by {d}");
 }
+
+/// Full-size DINOv2 ViT-S/14 with 4 registers (the hub's `dinov2_vits14_reg4` shape, random
+/// weights) at 518 (native), 224 and 252 x 336: run `tools/parity-full.sh`.
+#[test]
+#[ignore = "needs DINO_PARITY_DIR written by `python3 tools/reference.py full --only dinov2` (torch + timm)"]
+fn full_size_vits14_reg4_parity() {
+    let dir = PathBuf::from(std::env::var("DINO_PARITY_DIR").expect("set DINO_PARITY_DIR"));
+    let bytes = std::fs::read(dir.join("vits14reg4_ref.safetensors")).expect("reference outputs");
+    let refs = parse_safetensors(&bytes).unwrap().0;
+    for device in [Device::flex(), Device::wgpu_options().init().expect("no wgpu adapter")] {
+        let weights = WeightsFile::read(&dir.join("vits14reg4_official.pth"), "teacher").unwrap();
+        let vit = weights.backbone_model(&ArchSpec::default(), &device).unwrap();
+        let cfg = vit.config();
+        assert_eq!((cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.num_register_tokens, cfg.img_size), (384, 12, 6, 4, 518));
+        assert_close("ViT-S/14 reg4 native", compare(&vit, &refs, "", &["518"], &device));
+        assert_close("ViT-S/14 reg4 antialiased resizing", compare(&vit, &refs, "aa_", &["224", "252x336"], &device));
+    }
+}

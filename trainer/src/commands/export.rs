@@ -45,7 +45,7 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<()> {
     eprintln!(
         "wrote {} ({}, {:?}, {:.1} MB)",
         args.output.display(),
-        vit.config().arch_name(),
+        vit.config().model_name(),
         args.dtype,
         bytes.len() as f64 / 1e6
     );
