@@ -48,6 +48,14 @@ export PATH="$PWD/web/node_modules/.bin:$PATH"
 trunk build --release
 shots=web/screenshots
 native=$(mktemp -d)
-cargo run -q -p dino-trainer -- attention --image tests/images/astronaut.jpg \
-  --pretrained_weights web/assets/dino-default.safetensors --image_size 112 --output_dir "$native" --device cpu
+# The native numbers the page must reproduce: attention (last block and block 1), the PCA and
+# the similarity views of the same picture at the page's default size.
+dino_native() {
+  cargo run -q -p dino-trainer -- "$1" --image tests/images/astronaut.jpg \
+    --pretrained_weights web/assets/dino-default.safetensors --image_size 112 --device cpu "${@:2}"
+}
+dino_native attention --output_dir "$native"
+dino_native attention --layer 1 --output_dir "$native/layer1"
+dino_native pca --output_dir "$native"
+dino_native similarity --query 10 12 --output_dir "$native"
 node web/tests/browser.mjs dist "$native/attention.npy" "$shots"

@@ -1164,7 +1164,7 @@ def write_dinov2_model(cfg, out_dir):
         tf = timm_model.forward_features(ref[f"input_{native}"])
         nat = full[native]["x_norm"]
         checks["timm_98"] = float((tf - nat).abs().max())
-        print(f"  {name}: timm forward_features vs transcription at 98: max|diff| {checks['timm_98']:.3g} "
+        print(f"  {name}: timm forward_features vs transcription at {native}: max|diff| {checks['timm_98']:.3g} "
               f"(CLS {float((tf[:, 0] - nat[:, 0]).abs().max()):.3g}, "
               f"patches {float((tf[:, 1 + R:] - nat[:, 1 + R:]).abs().max()):.3g})")
         assert checks["timm_98"] < V2_CHECK_TOL, checks
@@ -1194,7 +1194,7 @@ def write_dinov2_model(cfg, out_dir):
         with torch.no_grad():
             lh = hf(pixel_values=ref[f"input_{native}"]).last_hidden_state
             checks["hf_98"] = float((lh - full[native]["x_norm"]).abs().max())
-            print(f"  {name}: HF {type(hf).__name__} last_hidden_state vs transcription at 98: "
+            print(f"  {name}: HF {type(hf).__name__} last_hidden_state vs transcription at {native}: "
                   f"max|diff| {checks['hf_98']:.3g}")
             assert checks["hf_98"] < V2_CHECK_TOL, checks
             # HF's interpolation: Dinov2WithRegisters = size-based + antialias (= the hub *_reg

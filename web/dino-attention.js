@@ -1,16 +1,21 @@
-// <dino-attention>: last-layer attention maps of a DINO ViT over a picture, computed in the
-// browser (WASM; WebGPU when available, else the CPU backend). One module import:
+// <dino-attention>: what a DINO / DINOv2 ViT sees in a picture, computed in the browser (WASM;
+// WebGPU when available, else the CPU backend): attention maps, threshold masks, the PCA of the
+// patch features, patch similarity. One module import:
 //
 //   <script type="module" src="dino-attention.js"></script>
 //   <dino-attention src="cat.jpg" weights="dino-default.safetensors" threshold="0.6" heads="mean"></dino-attention>
+//   <dino-attention src="cat.jpg" view="pca"></dino-attention>
 //
 // Attributes: src (picture URL), weights (a `dino export` safetensors file; default: the model
-// shipped next to this file), heads ("mean": head-mean overlay, "all": one map per head),
-// threshold (draw the official cumulative-mass masks), size (the model input's shorter side in
-// px, the aspect ratio kept; default 28 patches),
-// opacity (0..1). Every widget on a page shares one engine (one device, in one Web Worker:
-// dino-worker.js, next to this file) and one copy of each model; changing opacity, threshold or
-// heads redraws without running the model again.
+// shipped next to this file), view ("attention" (default), "masks", "pca" or "similarity"),
+// layer (the block whose attention is drawn, 0-based; default the last), heads ("mean":
+// head-mean overlay, "all": one map per head), threshold (also draw the official
+// cumulative-mass masks), foreground (pca view: black out patches whose first component is at
+// most this), query ("ROW COL": the similarity view's patch; default the centre; a click on
+// the picture moves it), size (the model input's shorter side in px, the aspect ratio kept;
+// default 28 patches), opacity (0..1). Every widget on a page shares one engine (one device, in
+// one Web Worker: dino-worker.js, next to this file) and one copy of each model; changing view,
+// query, opacity, threshold, foreground or heads redraws without running the model again.
 
 const here = new URL('.', import.meta.url);
 let enginePromise = null;
@@ -63,9 +68,11 @@ class WorkerEngine {
   backend() { return this.backendName; }
   /** Resolves to the model's JSON description; rejects with the loader's message. */
   load_weights(name, file, bytes) { return this.call({ op: 'load', name, file, bytes }); }
-  async analyze(name, bytes, size) {
-    const p = await this.call({ op: 'analyze', name, bytes, size });
-    return new this.wasm.Analysis(p.values, p.heads, p.grid_h, p.grid_w, p.image, p.width, p.height, p.patch, p.forward_ms);
+  /** `layer`: the block whose attention is wanted, 0-based; -1: the last. */
+  async analyze(name, bytes, size, layer = -1) {
+    const p = await this.call({ op: 'analyze', name, bytes, size, layer });
+    return new this.wasm.Analysis(p.values, p.heads, p.grid_h, p.grid_w, p.features, p.dim, p.image, p.width, p.height,
+      p.patch, p.layer, p.forward_ms);
   }
 }
 
@@ -151,16 +158,44 @@ export function paint(canvas, rgba, width, height) {
 }
 
 // The one renderer of the page and the widget: which picture shows what. `view` is 'mean'
-// (attention maps over the picture) or 'masks' (the official threshold masks, `threshold` of
-// the attention mass); `opacity` blends the maps over the picture. Every picture is
-// `analysis.width()` x `analysis.height()` RGBA bytes, drawn by the wasm engine (dino-shared).
+// (attention maps over the picture), 'masks' (the official threshold masks, `threshold` of the
+// attention mass), 'pca' (the first three principal components of the patch features as RGB;
+// patches at or below `foreground` on the first one black, when given) or 'similarity' (cosine
+// similarity of patch `query` = {row, col} with every patch); `opacity` blends the maps over the
+// picture. Every picture is `analysis.width()` x `analysis.height()` RGBA bytes, drawn by the
+// wasm engine (dino-shared, as `dino attention`, `dino pca` and `dino similarity` draw them).
 
-/** The main picture: the head-mean map over the picture, or every head's mask over it. */
-export function mainPicture(analysis, { view = 'mean', opacity = 0.6, threshold = 0.6 } = {}) {
-  return view === 'masks' ? analysis.masks_rgba(threshold) : analysis.mean_overlay_rgba(opacity);
+/** The patch in the middle of the grid: the similarity view's first query. */
+export function centrePatch(analysis) {
+  return { row: Math.floor(analysis.grid_h() / 2), col: Math.floor(analysis.grid_w() / 2) };
 }
 
-/** Head `j`'s picture: its map over the picture, or its mask. */
+/** The patch under a click on `canvas` (which shows an analysis picture at any CSS size). */
+export function patchAt(canvas, analysis, event) {
+  const r = canvas.getBoundingClientRect();
+  const x = ((event.clientX - r.left) * canvas.width) / r.width;
+  const y = ((event.clientY - r.top) * canvas.height) / r.height;
+  const p = analysis.patch();
+  return {
+    row: Math.min(analysis.grid_h() - 1, Math.max(0, Math.floor(y / p))),
+    col: Math.min(analysis.grid_w() - 1, Math.max(0, Math.floor(x / p))),
+  };
+}
+
+/** The main picture of `view` (see above). */
+export function mainPicture(analysis, { view = 'mean', opacity = 0.6, threshold = 0.6, foreground = null, query = null } = {}) {
+  switch (view) {
+    case 'masks': return analysis.masks_rgba(threshold);
+    case 'pca': return analysis.pca_rgba(foreground === null || Number.isNaN(foreground) ? -1 : foreground);
+    case 'similarity': {
+      const q = query || centrePatch(analysis);
+      return analysis.similarity_rgba(q.row, q.col, opacity);
+    }
+    default: return analysis.mean_overlay_rgba(opacity);
+  }
+}
+
+/** Head `j`'s picture: its attention map over the picture, or its mask ('masks' view). */
 export function headPicture(analysis, j, { view = 'mean', opacity = 0.6, threshold = 0.6 } = {}) {
   return view === 'masks' ? analysis.mask_rgba(j, threshold) : analysis.head_rgba(j, opacity);
 }
@@ -190,7 +225,9 @@ const STYLE = `
 `;
 
 class DinoAttention extends HTMLElement {
-  static observedAttributes = ['src', 'weights', 'threshold', 'heads', 'size', 'opacity'];
+  static observedAttributes = ['src', 'weights', 'threshold', 'heads', 'size', 'opacity', 'view', 'layer', 'query', 'foreground'];
+  /** Attributes that only change the drawing. */
+  static redrawOnly = ['threshold', 'heads', 'opacity', 'view', 'query', 'foreground'];
 
   constructor() {
     super();
@@ -206,7 +243,14 @@ class DinoAttention extends HTMLElement {
   attributeChangedCallback(name, before, after) {
     if (!this.isConnected || before === after) return;
     // Only the drawing changes: redraw from the last result without running the model again.
-    if (this.analysis && ['threshold', 'heads', 'opacity'].includes(name)) this.draw();
+    if (this.analysis && DinoAttention.redrawOnly.includes(name)) {
+      try {
+        this.draw();
+      } catch (e) {
+        this.statusEl.className = 'status error';
+        this.statusEl.textContent = String(e.message || e);
+      }
+    }
     else this.update();
   }
 
@@ -224,13 +268,17 @@ class DinoAttention extends HTMLElement {
       // Default input: 28 patches along the shorter side, as on the page (112 px for patch 4, 224
       // for 8, 448 for 16); the longer side follows the picture's aspect ratio.
       const size = parseInt(this.getAttribute('size') || String(28 * model.info.patch_size), 10);
-      const analysis = await engine.analyze(model.name, bytes, size);
+      const layer = this.hasAttribute('layer') ? parseInt(this.getAttribute('layer'), 10) : -1;
+      if (Number.isNaN(layer) || layer >= model.info.depth) {
+        throw new Error(`layer="${this.getAttribute('layer')}": the model has ${model.info.depth} blocks (0 to ${model.info.depth - 1})`);
+      }
+      const analysis = await engine.analyze(model.name, bytes, size, layer);
       this.runs = (this.runs || 0) + 1;
       if (gen !== this.generation) return; // a newer update superseded this one
       this.analysis = analysis;
       this.draw();
       this.statusEl.className = 'status';
-      this.statusEl.textContent = `${model.info.arch} · ${engine.backend()} · ${analysis.forward_ms().toFixed(0)} ms`;
+      this.statusEl.textContent = `${model.info.arch} · layer ${analysis.layer()} · ${engine.backend()} · ${analysis.forward_ms().toFixed(0)} ms`;
       this.dataset.state = 'ready';
       this.dispatchEvent(new CustomEvent('dino-ready', { detail: analysis, bubbles: true }));
     } catch (e) {
@@ -242,13 +290,34 @@ class DinoAttention extends HTMLElement {
     }
   }
 
+  /** The similarity view's patch: the `query` attribute ("ROW COL"), else the centre. */
+  query() {
+    const [row, col] = (this.getAttribute('query') || '').trim().split(/\s+/).map((v) => parseInt(v, 10));
+    const a = this.analysis;
+    if (Number.isInteger(row) && Number.isInteger(col) && row >= 0 && col >= 0 && row < a.grid_h() && col < a.grid_w()) return { row, col };
+    return centrePatch(a);
+  }
+
   draw() {
     const a = this.analysis;
     const opacity = parseFloat(this.getAttribute('opacity') || '0.6');
     const th = this.getAttribute('threshold');
     const masks = { view: 'masks', threshold: parseFloat(th) };
+    const view = this.getAttribute('view') || 'attention';
     this.mapsEl.replaceChildren();
-    if ((this.getAttribute('heads') || 'mean') === 'all') {
+    if (view === 'pca' || view === 'similarity') {
+      const foreground = this.hasAttribute('foreground') ? parseFloat(this.getAttribute('foreground')) : null;
+      const query = this.query();
+      this.values = view === 'pca' ? a.pca_rgb() : a.similarity(query.row, query.col);
+      const el = addPicture(this.mapsEl, a, mainPicture(a, { view, opacity, foreground, query }), { className: 'main' });
+      if (view === 'similarity') {
+        // A click on the picture asks for that patch's similarities.
+        el.style.cursor = 'crosshair';
+        el.onclick = (e) => { const q = patchAt(el, a, e); this.setAttribute('query', `${q.row} ${q.col}`); };
+      }
+    } else if (view === 'masks') {
+      addPicture(this.mapsEl, a, mainPicture(a, { view: 'masks', threshold: parseFloat(th || '0.6') }), { className: 'main' });
+    } else if ((this.getAttribute('heads') || 'mean') === 'all') {
       for (let j = 0; j < a.heads(); j++) addPicture(this.mapsEl, a, headPicture(a, j, th ? masks : { opacity }), { className: 'head' });
     } else {
       addPicture(this.mapsEl, a, mainPicture(a, { opacity }), { className: 'main' });

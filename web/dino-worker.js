@@ -4,7 +4,7 @@
 // with its own copy of the wasm module (dino-attention.js: WorkerEngine).
 //
 // Messages in: {id, op: 'init', webgpu} | {id, op: 'load', name, file, bytes} |
-// {id, op: 'analyze', name, bytes, size}; out: {id, ok: true, result} or {id, ok: false, error}.
+// {id, op: 'analyze', name, bytes, size, layer}; out: {id, ok: true, result} or {id, ok: false, error}.
 import init, { create_engine } from './dino-web.js';
 
 let engine = null;
@@ -18,13 +18,14 @@ async function handle(data) {
     case 'load':
       return { result: engine.load_weights(data.name, data.file, data.bytes) };
     case 'analyze': {
-      const a = await engine.analyze(data.name, data.bytes, data.size);
+      const a = await engine.analyze(data.name, data.bytes, data.size, data.layer ?? -1);
       const result = {
-        values: a.values(), heads: a.heads(), grid_h: a.grid_h(), grid_w: a.grid_w(), image: a.image_rgb(),
-        width: a.width(), height: a.height(), patch: a.patch(), forward_ms: a.forward_ms(),
+        values: a.values(), heads: a.heads(), grid_h: a.grid_h(), grid_w: a.grid_w(), features: a.features(),
+        dim: a.dim(), image: a.image_rgb(), width: a.width(), height: a.height(), patch: a.patch(),
+        layer: a.layer(), forward_ms: a.forward_ms(),
       };
       a.free();
-      return { result, transfer: [result.values.buffer, result.image.buffer] };
+      return { result, transfer: [result.values.buffer, result.features.buffer, result.image.buffer] };
     }
     default:
       throw new Error(`unknown request ${data.op}`);

@@ -1,7 +1,8 @@
 //! dino-web: the ViT of `dino-shared`, compiled to WASM, on WebGPU when the browser offers an
 //! adapter and on Burn's CPU backend (flex) otherwise. Decoding, preprocessing and every
-//! picture drawn (heat maps, overlays, threshold masks) come from `dino-shared`, so the page
-//! shows the same numbers as `dino attention` on the command line.
+//! picture drawn (heat maps, overlays, threshold masks, the PCA and similarity views) come
+//! from `dino-shared`, so the page shows the same numbers as `dino attention`, `dino pca` and
+//! `dino similarity` on the command line.
 //!
 //! JavaScript sees three things: [`create_engine`] (once per page, in the page's Web Worker,
 //! `dino-worker.js`; every widget shares it), [`Engine::load_weights`] and [`Engine::analyze`],
@@ -14,7 +15,8 @@ use std::rc::Rc;
 
 use burn::tensor::Device;
 use dino_shared::attention_maps::{draw_mask, head_color, heatmap, overlay, AttentionMaps};
-use dino_shared::inference::{attention_maps, features_and_attention};
+use dino_shared::inference::{attention_maps, batch_tensor, checked_block, patch_features};
+use dino_shared::views::{mark_patch, patch_similarity, pca_picture, PatchFeatures, PatchPca};
 use dino_shared::preprocess::{self};
 use dino_shared::weights::{ArchSpec, WeightsFile};
 use dino_shared::VisionTransformer;
@@ -89,7 +91,8 @@ impl Engine {
         Ok(serde_json::json!({
             "name": name,
             "file": file_name,
-            "arch": cfg.arch_name(),
+            "arch": cfg.model_name(),
+            "num_register_tokens": cfg.num_register_tokens,
             "patch_size": cfg.patch_size,
             "embed_dim": cfg.embed_dim,
             "depth": cfg.depth,
@@ -100,9 +103,11 @@ impl Engine {
     }
 
     /// Decode, preprocess (the shorter side resized to `shorter_side` pixels, the aspect ratio
-    /// kept, as `dino attention --image_size S`; cropped to the patch grid) and run the model.
-    /// Resolves to an [`Analysis`]; rejects with a readable message on a bad picture.
-    pub fn analyze(&self, model_name: String, image_bytes: Vec<u8>, shorter_side: usize) -> js_sys::Promise {
+    /// kept, as `dino attention --image_size S`; cropped to the patch grid) and run the model:
+    /// the attention of block `layer` (0-based; negative: the last, as `dino attention
+    /// --layer`) and the last layer's patch features (for the PCA and similarity views).
+    /// Resolves to an [`Analysis`]; rejects with a readable message on a bad picture or layer.
+    pub fn analyze(&self, model_name: String, image_bytes: Vec<u8>, shorter_side: usize, layer: i32) -> js_sys::Promise {
         let state = self.state.clone();
         wasm_bindgen_futures::future_to_promise(async move {
             let (model, device) = {
@@ -114,22 +119,33 @@ impl Engine {
                     .ok_or_else(|| JsValue::from(JsError::new(&format!("no model named {model_name} is loaded"))))?;
                 (model, st.device.clone())
             };
-            let analysis = analyze(&model, &device, &image_bytes, shorter_side).await.map_err(|e| JsValue::from(JsError::new(&e)))?;
+            let layer = usize::try_from(layer).ok();
+            let analysis = analyze(&model, &device, &image_bytes, shorter_side, layer).await.map_err(|e| JsValue::from(JsError::new(&e)))?;
             Ok(JsValue::from(analysis))
         })
     }
 }
 
-async fn analyze(model: &VisionTransformer, device: &Device, bytes: &[u8], shorter_side: usize) -> Result<Analysis, String> {
+async fn analyze(model: &VisionTransformer, device: &Device, bytes: &[u8], shorter_side: usize, layer: Option<usize>) -> Result<Analysis, String> {
     let img = preprocess::decode_image(bytes)?;
     let patch = model.config().patch_size;
+    let block = checked_block(layer, model.config().depth)?;
     let size = preprocess::ImageSize::from_values(&[shorter_side]).map_err(|e| e.to_string())?;
     let input = preprocess::for_attention(&img, size, patch).map_err(|e| e.to_string())?;
     let start = now_ms();
-    let (_, attn) = features_and_attention(model, &input, None, device)?;
+    let (tokens, attn) = model.forward_tokens_with_attention(batch_tensor(&[&input], device), block);
     let data = attn.into_data_async().await.map_err(|e| format!("reading the attention back failed: {e:?}"))?;
+    let tokens = model.patch_tokens(tokens).into_data_async().await.map_err(|e| format!("reading the features back failed: {e:?}"))?;
     let forward_ms = now_ms() - start;
-    Ok(Analysis { maps: attention_maps(data, model, &input)?, image: input.image, patch, forward_ms })
+    Ok(Analysis {
+        maps: attention_maps(data, model, &input)?,
+        features: patch_features(tokens, model, &input)?,
+        pca: RefCell::new(None),
+        image: input.image,
+        patch,
+        layer: block,
+        forward_ms,
+    })
 }
 
 fn rgba(img: &RgbImage) -> Vec<u8> {
@@ -140,16 +156,23 @@ fn rgba(img: &RgbImage) -> Vec<u8> {
 #[wasm_bindgen]
 pub struct Analysis {
     maps: AttentionMaps,
+    /// The last layer's patch features, [grid_h * grid_w, dim].
+    features: PatchFeatures,
+    /// The PCA of `features`, fitted the first time a PCA view is asked for.
+    pca: RefCell<Option<PatchPca>>,
     image: RgbImage,
     patch: usize,
+    /// The block whose attention `maps` holds (0-based).
+    layer: usize,
     forward_ms: f64,
 }
 
 #[wasm_bindgen]
 impl Analysis {
     /// An analysis from its parts, as a Web Worker that ran the model posts them back: the
-    /// per-head maps [heads, grid_h, grid_w], the model's input picture (`width` x `height` RGB
-    /// bytes, a patch-size multiple of the grid), the patch size and the time of the pass.
+    /// per-head maps [heads, grid_h, grid_w] of block `layer`, the patch features
+    /// [grid_h * grid_w, dim], the model's input picture (`width` x `height` RGB bytes, a
+    /// patch-size multiple of the grid), the patch size and the time of the pass.
     /// Errors when the sizes do not agree.
     #[wasm_bindgen(constructor)]
     #[allow(clippy::too_many_arguments)]
@@ -158,10 +181,13 @@ impl Analysis {
         heads: usize,
         grid_h: usize,
         grid_w: usize,
+        features: Vec<f32>,
+        dim: usize,
         image_rgb: Vec<u8>,
         width: u32,
         height: u32,
         patch: usize,
+        layer: usize,
         forward_ms: f64,
     ) -> Result<Analysis, JsError> {
         let product = |factors: &[usize]| factors.iter().try_fold(1usize, |acc, &f| acc.checked_mul(f));
@@ -181,7 +207,46 @@ impl Analysis {
             )));
         }
         let image = RgbImage::from_raw(width, height, image_rgb).ok_or_else(|| JsError::new("picture bytes do not fit its size"))?;
-        Ok(Analysis { maps: AttentionMaps { heads, grid_h, grid_w, values }, image, patch, forward_ms })
+        let features = PatchFeatures::new(grid_h, grid_w, dim, features).map_err(|e| JsError::new(&e))?;
+        Ok(Analysis { maps: AttentionMaps { heads, grid_h, grid_w, values }, features, pca: RefCell::new(None), image, patch, layer, forward_ms })
+    }
+    /// The block whose attention this holds (0-based).
+    pub fn layer(&self) -> usize {
+        self.layer
+    }
+    /// Width of the patch features.
+    pub fn dim(&self) -> usize {
+        self.features.dim
+    }
+    /// The last layer's patch features, [grid_h * grid_w, dim] (what the worker posts back).
+    pub fn features(&self) -> Vec<f32> {
+        self.features.values.clone()
+    }
+    /// The PCA view's colours, [grid_h * grid_w, 3] in [0, 1] (a PCA fitted on this picture,
+    /// as `dino pca` with one `--image`: its `pca_rgb0.npy`).
+    pub fn pca_rgb(&self) -> Result<Vec<f32>, JsError> {
+        Ok(self.with_pca(|pca, f| pca.rgb(f).concat())?)
+    }
+    /// The PCA view as a picture; patches whose first component is at most
+    /// `foreground_threshold` are black (a negative threshold keeps every patch).
+    pub fn pca_rgba(&self, foreground_threshold: f32) -> Result<Vec<u8>, JsError> {
+        let (g, p) = ((self.maps.grid_h, self.maps.grid_w), self.patch);
+        let picture = self.with_pca(|pca, f| {
+            let fg = (foreground_threshold >= 0.0).then(|| pca.foreground(f, foreground_threshold));
+            pca_picture(&pca.rgb(f), g.0, g.1, p, fg.as_deref())
+        })?;
+        Ok(rgba(&picture))
+    }
+    /// Cosine similarity of patch (`row`, `col`) with every patch, [grid_h * grid_w] (as
+    /// `dino similarity --query ROW COL`); an error outside the grid.
+    pub fn similarity(&self, row: usize, col: usize) -> Result<Vec<f32>, JsError> {
+        patch_similarity(&self.features, row, col, &self.features).map_err(|e| JsError::new(&e))
+    }
+    /// The similarity map coloured over the picture, the query patch outlined.
+    pub fn similarity_rgba(&self, row: usize, col: usize, opacity: f32) -> Result<Vec<u8>, JsError> {
+        let sim = self.similarity(row, col)?;
+        let hm = heatmap(&sim, self.maps.grid_h, self.maps.grid_w, self.patch);
+        Ok(rgba(&mark_patch(&overlay(&self.image, &hm, opacity), row, col, self.patch)))
     }
     /// The model's input picture as RGB bytes, `width() x height()` (what the maps are drawn over).
     pub fn image_rgb(&self) -> Vec<u8> {
@@ -241,6 +306,15 @@ impl Analysis {
 }
 
 impl Analysis {
+    fn with_pca<T>(&self, f: impl FnOnce(&PatchPca, &PatchFeatures) -> T) -> Result<T, JsError> {
+        let mut cached = self.pca.borrow_mut();
+        let pca = match &mut *cached {
+            Some(pca) => pca,
+            slot @ None => slot.insert(PatchPca::fit(&[&self.features]).map_err(|e| JsError::new(&e))?),
+        };
+        Ok(f(pca, &self.features))
+    }
+
     fn check_head(&self, j: usize) -> Result<(), JsError> {
         if j < self.maps.heads {
             Ok(())

@@ -9,7 +9,11 @@
 // a message and the loaded model keeps working; of two pictures given one after the other the
 // page shows the second; a reload takes the weights from the browser's cache (no download);
 // the widget redraws without running the model again when only opacity or threshold change; the
-// main thread answers (timers keep firing) while the model runs in its Web Worker.
+// main thread answers (timers keep firing) while the model runs in its Web Worker; the PCA and
+// similarity views and another block's attention equal the native `dino pca`, `dino
+// similarity` and `dino attention --layer 1` (files next to NATIVE_NPY: pca_rgb0.npy,
+// similarity.npy for --query 10 12, layer1/attention.npy) within 1e-3, a click picks the
+// similarity query; the widgets draw every view and redraw a view change without a new pass.
 // Screenshots go to SCREENSHOT_DIR.
 import { chromium } from 'playwright-core';
 import http from 'node:http';
@@ -94,6 +98,17 @@ async function analyzeFile(page, file) {
 }
 
 const native = readNpy(nativeNpy);
+const nativeDir = path.dirname(nativeNpy);
+const nativePca = readNpy(path.join(nativeDir, 'pca_rgb0.npy'));
+const nativeSimilarity = readNpy(path.join(nativeDir, 'similarity.npy'));
+const nativeLayer1 = readNpy(path.join(nativeDir, 'layer1', 'attention.npy'));
+const SIMILARITY_QUERY = { row: 10, col: 12 }; // test.sh: dino similarity --query 10 12
+const maxAbsDiff = (a, b) => {
+  if (!a || a.length !== b.length) return Infinity;
+  let d = 0;
+  for (let i = 0; i < b.length; i++) d = Math.max(d, Math.abs(a[i] - b[i]));
+  return d;
+};
 const photo = path.join(repo, 'tests/images/astronaut.jpg');
 
 for (const [label, webgpu, query] of [['webgpu', true, ''], ['cpu', false, '']]) {
@@ -123,6 +138,52 @@ for (const [label, webgpu, query] of [['webgpu', true, ''], ['cpu', false, '']])
       await page.selectOption('#view-mode', 'masks');
       await page.screenshot({ path: path.join(shots, `page-${label}-masks.png`), fullPage: true });
       await page.selectOption('#view-mode', 'mean');
+    }
+    // The PCA and similarity views of the same picture equal the native commands'.
+    const views = await page.evaluate(async (query) => {
+      const mode = document.getElementById('view-mode');
+      mode.value = 'pca';
+      mode.dispatchEvent(new Event('change'));
+      const pca = window.dinoPage.pca;
+      window.dinoPage.query = query;
+      mode.value = 'similarity';
+      mode.dispatchEvent(new Event('change'));
+      return { pca, similarity: window.dinoPage.similarity };
+    }, SIMILARITY_QUERY);
+    const pcaDiff = maxAbsDiff(views.pca, nativePca.data);
+    check(pcaDiff <= 1e-3, `${label}: the PCA view equals native dino pca (max abs diff ${pcaDiff.toExponential(2)})`);
+    const simDiff = maxAbsDiff(views.similarity, nativeSimilarity.data);
+    check(simDiff <= 1e-3, `${label}: the similarity view equals native dino similarity --query 10 12 (max abs diff ${simDiff.toExponential(2)})`);
+    await page.screenshot({ path: path.join(shots, `page-${label}-similarity.png`), fullPage: true });
+    // A click on the picture picks the query: the patch under the click.
+    const clicked = await page.evaluate(() => {
+      const c = document.getElementById('main-canvas');
+      const r = c.getBoundingClientRect();
+      // The centre of patch (row 3, col 20) in CSS pixels.
+      const p = c.width / window.dinoPage.gridW;
+      const x = r.left + ((20 + 0.5) * p * r.width) / c.width;
+      const y = r.top + ((3 + 0.5) * p * r.height) / c.height;
+      c.dispatchEvent(new MouseEvent('click', { clientX: x, clientY: y, bubbles: true }));
+      return { query: window.dinoPage.query, values: window.dinoPage.similarity };
+    });
+    const self = clicked.values ? clicked.values[3 * 28 + 20] : NaN;
+    check(clicked.query.row === 3 && clicked.query.col === 20 && Math.abs(self - 1) < 1e-5, `${label}: a click picks the similarity query (${JSON.stringify(clicked.query)}, self-similarity ${self})`);
+    if (label === 'webgpu') {
+      await page.selectOption('#view-mode', 'pca');
+      await page.screenshot({ path: path.join(shots, `page-${label}-pca.png`), fullPage: true });
+    }
+    await page.selectOption('#view-mode', 'mean');
+    // Another block's attention: the same picture through block 1 equals dino attention --layer 1.
+    {
+      const runs = await page.evaluate(() => window.dinoPage.runs);
+      await page.selectOption('#layer', '1');
+      await page.waitForFunction((r) => window.dinoPage.runs > r || window.dinoPage.error, runs, { timeout: 300000 });
+      const l1 = await page.evaluate(() => ({ ...window.dinoPage }));
+      const d = maxAbsDiff(l1.values, nativeLayer1.data);
+      check(l1.layer === 1 && d <= 1e-3, `${label}: block 1's attention equals native dino attention --layer 1 (max abs diff ${d.toExponential(2)})`);
+      const back = await page.evaluate(() => window.dinoPage.runs);
+      await page.selectOption('#layer', '-1');
+      await page.waitForFunction((r) => window.dinoPage.runs > r || window.dinoPage.error, back, { timeout: 300000 });
     }
     // Bad input: each shows an error and the page keeps working.
     const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'dino-bad-'));
@@ -207,8 +268,27 @@ for (const [label, webgpu, query] of [['webgpu', true, ''], ['cpu', false, '']])
       const docs = await browser.newPage({ viewport: { width: 900, height: 1100 } });
       await docs.goto(`${base}/docs/example.html`);
       await docs.waitForFunction(() => [...document.querySelectorAll('dino-attention')].every((w) => w.dataset.state === 'ready' || w.dataset.state === 'error'), null, { timeout: 300000 });
-      const widgets = await docs.evaluate(() => [...document.querySelectorAll('dino-attention')].map((w) => ({ state: w.dataset.state, canvases: w.shadowRoot.querySelectorAll('canvas').length })));
-      check(widgets.length === 2 && widgets.every((w) => w.state === 'ready' && w.canvases > 0), `widget page renders two widgets ${JSON.stringify(widgets)}`);
+      const widgets = await docs.evaluate(() => [...document.querySelectorAll('dino-attention')].map((w) => ({ id: w.id, state: w.dataset.state, canvases: w.shadowRoot.querySelectorAll('canvas').length })));
+      check(widgets.length === 5 && widgets.every((w) => w.state === 'ready' && w.canvases > 0), `widget page renders five widgets ${JSON.stringify(widgets)}`);
+      // The view widgets: PCA colours for every patch; a click moves the similarity query and
+      // redraws without a new pass; layer="0" draws block 0.
+      const viewWidgets = await docs.evaluate(async () => {
+        const pca = document.getElementById('pca');
+        const sim = document.getElementById('similarity');
+        const grid = [pca.analysis.grid_h(), pca.analysis.grid_w()];
+        const [runs, draws] = [sim.runs, sim.draws];
+        const canvas = sim.shadowRoot.querySelector('canvas');
+        const r = canvas.getBoundingClientRect();
+        canvas.dispatchEvent(new MouseEvent('click', { clientX: r.left + 2, clientY: r.top + 2, bubbles: true }));
+        await new Promise((res) => setTimeout(res, 200));
+        return {
+          pcaValues: pca.values.length, grid, query: sim.getAttribute('query'), selfSimilarity: sim.values[0],
+          runs: sim.runs - runs, draws: sim.draws - draws, layer0: document.getElementById('layer0').analysis.layer(),
+        };
+      });
+      check(viewWidgets.pcaValues === viewWidgets.grid[0] * viewWidgets.grid[1] * 3 && viewWidgets.query === '0 0'
+        && Math.abs(viewWidgets.selfSimilarity - 1) < 1e-5 && viewWidgets.runs === 0 && viewWidgets.draws === 1 && viewWidgets.layer0 === 0,
+        `widget: pca, similarity (click sets query, redraw without a pass) and layer views ${JSON.stringify(viewWidgets)}`);
       // Only the drawing changes: the widget redraws without running the model again.
       const redraw = await docs.evaluate(async () => {
         const w = document.querySelector('dino-attention');
