@@ -58,4 +58,12 @@ dino_native attention --output_dir "$native"
 dino_native attention --layer 1 --output_dir "$native/layer1"
 dino_native pca --output_dir "$native"
 dino_native similarity --query 10 12 --output_dir "$native"
+# A DINOv2 model with registers, exported for the page, and its native numbers at 28 x 14 px.
+mkdir -p "$native/v2"
+cargo run -q -p dino-trainer -- export --pretrained_weights tests/fixtures/v2reg4_official.pth --dtype f32 \
+  --output "$native/v2/v2reg4.safetensors"
+for view in attention pca; do
+  cargo run -q -p dino-trainer -- "$view" --image tests/images/astronaut.jpg --pretrained_weights \
+    "$native/v2/v2reg4.safetensors" --image_size 392 --device cpu --output_dir "$native/v2"
+done
 node web/tests/browser.mjs dist "$native/attention.npy" "$shots"

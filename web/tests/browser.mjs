@@ -103,6 +103,11 @@ const nativePca = readNpy(path.join(nativeDir, 'pca_rgb0.npy'));
 const nativeSimilarity = readNpy(path.join(nativeDir, 'similarity.npy'));
 const nativeLayer1 = readNpy(path.join(nativeDir, 'layer1', 'attention.npy'));
 const SIMILARITY_QUERY = { row: 10, col: 12 }; // test.sh: dino similarity --query 10 12
+// A DINOv2 model with 4 registers and LayerScale (tests/fixtures/v2reg4_official.pth through
+// `dino export`) and its native attention and PCA of the same picture at 28 x 14 = 392 px.
+const v2Weights = path.join(nativeDir, 'v2', 'v2reg4.safetensors');
+const v2Attention = readNpy(path.join(nativeDir, 'v2', 'attention.npy'));
+const v2Pca = readNpy(path.join(nativeDir, 'v2', 'pca_rgb0.npy'));
 const maxAbsDiff = (a, b) => {
   if (!a || a.length !== b.length) return Infinity;
   let d = 0;
@@ -252,6 +257,26 @@ for (const [label, webgpu, query] of [['webgpu', true, ''], ['cpu', false, '']])
       check(!responsive.error && responsive.maxGap < 250 && responsive.ticks >= 5, `${label}: the page answers during a pass (longest pause of the main thread ${responsive.maxGap.toFixed(0)} ms, ${responsive.ticks} timer ticks, pass ${responsive.forwardMs.toFixed(0)} ms)`);
     }
     if (!webgpu) {
+      // A DINOv2 checkpoint with registers: the page's attention (after CLS and the 4
+      // registers) and PCA equal the native commands on the same picture.
+      await page.setInputFiles('#weights-file', v2Weights);
+      await page.waitForFunction(() => window.dinoPage.model && window.dinoPage.model.file === 'v2reg4.safetensors' || window.dinoPage.error, null, { timeout: 60000 });
+      await page.waitForFunction(() => !document.getElementById('status').textContent.startsWith('computing'), null, { timeout: 300000 });
+      await analyzeFile(page, photo);
+      const v2 = await page.evaluate(() => {
+        const mode = document.getElementById('view-mode');
+        mode.value = 'pca';
+        mode.dispatchEvent(new Event('change'));
+        const state = { ...window.dinoPage };
+        mode.value = 'mean';
+        mode.dispatchEvent(new Event('change'));
+        return state;
+      });
+      const dA = maxAbsDiff(v2.values, v2Attention.data);
+      const dP = maxAbsDiff(v2.pca, v2Pca.data);
+      check(!v2.error && v2.model.num_register_tokens === 4 && dA <= 1e-3 && dP <= 1e-3,
+        `cpu: a DINOv2 model with registers draws the native attention and PCA (${v2.model.arch}, ${v2.heads} heads ${v2.gridH}x${v2.gridW}; max abs diff ${dA.toExponential(2)}, ${dP.toExponential(2)}; ${v2.error || 'ok'})`);
+      await page.screenshot({ path: path.join(shots, 'page-dinov2.png'), fullPage: true });
       // A click on a held-out picture runs the model on it.
       const before = await page.evaluate(() => window.dinoPage.runs);
       await page.click('#samples button:nth-child(8)');
