@@ -18,11 +18,37 @@ pub fn batch_tensor(inputs: &[&ModelInput], device: &Device) -> Tensor<4> {
     Tensor::from_data(TensorData::new(data, [inputs.len(), 3, h, w]), device)
 }
 
+/// The most memory one block's attention matrix [heads, T, T] (f32) of one picture may take.
+pub const MAX_ATTENTION_BYTES: u64 = 2 << 30;
+
+/// Whether a `height x width` input fits the model's memory bound: each block holds a
+/// [heads, T, T] attention matrix (T = prefix tokens + patches), which grows with the fourth
+/// power of the side.
+///
+/// # Errors
+/// The matrix would exceed [`MAX_ATTENTION_BYTES`]; the message names `--image_size`.
+pub fn check_input_size(model: &VisionTransformer, height: usize, width: usize) -> Result<(), String> {
+    let cfg = model.config();
+    let p = cfg.patch_size.max(1);
+    let tokens = (cfg.num_prefix_tokens() + (height / p) * (width / p)) as u64;
+    let bytes = (cfg.num_heads as u64).saturating_mul(tokens).saturating_mul(tokens).saturating_mul(4);
+    if bytes > MAX_ATTENTION_BYTES {
+        return Err(format!(
+            "--image_size: a {height}x{width} px input is {} patches of {p} px; one block's attention would take {:.1} GB (at most {} GB): choose a smaller size",
+            (height / p) * (width / p),
+            bytes as f64 / 1e9,
+            MAX_ATTENTION_BYTES >> 30
+        ));
+    }
+    Ok(())
+}
+
 /// CLS features [1, dim] and block `block`'s attention [1, heads, T, T] of one picture
 /// (T = prefix tokens + patches).
 ///
 /// # Errors
-/// `block` is not a block of the model (e.g. a `--layer` flag out of range).
+/// `block` is not a block of the model (e.g. a `--layer` flag out of range), or the input is
+/// too large for the model ([`check_input_size`]).
 pub fn features_and_attention(
     model: &VisionTransformer,
     input: &ModelInput,
@@ -31,6 +57,7 @@ pub fn features_and_attention(
 ) -> Result<(Tensor<2>, Tensor<4>), String> {
     let depth = model.config().depth;
     let block = checked_block(block, depth)?;
+    check_input_size(model, input.height, input.width)?;
     Ok(model.forward_with_attention(batch_tensor(&[input], device), block))
 }
 
@@ -42,7 +69,7 @@ pub fn checked_block(layer: Option<usize>, depth: usize) -> Result<usize, String
     match layer {
         None => Ok(depth - 1),
         Some(l) if l < depth => Ok(l),
-        Some(l) => Err(format!("layer {l} does not exist: the model has {depth} blocks (0 to {})", depth - 1)),
+        Some(l) => Err(format!("--layer: layer {l} does not exist: the model has {depth} blocks (0 to {})", depth - 1)),
     }
 }
 
@@ -73,8 +100,12 @@ pub fn attention_maps(attn: TensorData, model: &VisionTransformer, input: &Model
 
 /// The last layer's normalised patch tokens of one picture, [1, patches, dim] (official
 /// DINOv2 `x_norm_patchtokens`: after CLS and the registers).
-pub fn patch_tokens(model: &VisionTransformer, input: &ModelInput, device: &Device) -> Tensor<3> {
-    model.patch_tokens(model.forward_tokens(batch_tensor(&[input], device)))
+///
+/// # Errors
+/// The input is too large for the model ([`check_input_size`]).
+pub fn patch_tokens(model: &VisionTransformer, input: &ModelInput, device: &Device) -> Result<Tensor<3>, String> {
+    check_input_size(model, input.height, input.width)?;
+    Ok(model.patch_tokens(model.forward_tokens(batch_tensor(&[input], device))))
 }
 
 /// Patch tokens read back from the device (`patch_tokens`' output) as [`PatchFeatures`] on the

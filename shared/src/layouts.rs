@@ -14,8 +14,11 @@
 //! - Hugging Face transformers' `Dinov2Model` / `Dinov2WithRegistersModel`
 //!   (`embeddings.*`, `encoder.layer.N.*`, `layernorm.*`; separate query / key / value, which
 //!   are stacked into the fused `qkv`; `layer_scale1.lambda1` is `ls1.gamma`; SwiGLU
-//!   `weights_in` / `weights_out` are `w12` / `w3`). A `dinov2.` prefix (the HF classifier
-//!   models) is dropped.
+//!   `weights_in` / `weights_out` are `w12` / `w3`). A `dinov2.` prefix and the `classifier.*`
+//!   head of the HF classifier models (`Dinov2ForImageClassification`) are dropped.
+//!
+//! Two keys of a file that land on the same official name (a chunked and a plain copy of one
+//! block, `reg_token` beside `register_tokens`) are an error, never a silent choice.
 
 use crate::state_dict::{HostTensor, StateDict};
 
@@ -43,19 +46,21 @@ pub fn to_official(sd: StateDict) -> Result<(StateDict, Layout), String> {
     }
     let mut layout = Layout::Official;
     let mut out = StateDict::new();
+    let mut source: std::collections::BTreeMap<String, String> = Default::default();
     for (key, tensor) in sd {
         if key == "mask_token" {
             continue;
         }
-        if let Some(rest) = unchunk(&key) {
+        let official = if let Some(rest) = unchunk(&key) {
             layout = Layout::OfficialChunked;
-            out.insert(rest, tensor);
+            rest
         } else if key == "reg_token" {
             layout = Layout::Timm;
-            out.insert("register_tokens".into(), tensor);
+            "register_tokens".into()
         } else {
-            out.insert(key, tensor);
-        }
+            key.clone()
+        };
+        insert_once(&mut out, &mut source, official, key, tensor)?;
     }
     if let Some(pos) = out.get("pos_embed") {
         let n = pos.shape.get(1).copied().unwrap_or(0);
@@ -72,6 +77,22 @@ pub fn to_official(sd: StateDict) -> Result<(StateDict, Layout), String> {
     Ok((out, layout))
 }
 
+/// Insert `tensor` under `official`, refusing a second file key for the same name.
+fn insert_once(
+    out: &mut StateDict,
+    source: &mut std::collections::BTreeMap<String, String>,
+    official: String,
+    key: String,
+    tensor: HostTensor,
+) -> Result<(), String> {
+    if let Some(first) = source.get(&official) {
+        return Err(format!("{first} and {key} are both {official}: the file holds two copies of one tensor"));
+    }
+    source.insert(official.clone(), key);
+    out.insert(official, tensor);
+    Ok(())
+}
+
 /// `blocks.C.N.rest` (official `BlockChunk`) -> `blocks.N.rest`.
 fn unchunk(key: &str) -> Option<String> {
     let rest = key.strip_prefix("blocks.")?;
@@ -84,10 +105,14 @@ fn unchunk(key: &str) -> Option<String> {
 /// `convert_dinov2_to_hf.py` `create_rename_keys` / `read_in_q_k_v`).
 fn from_hugging_face(sd: StateDict) -> Result<StateDict, String> {
     let mut out = StateDict::new();
+    let mut source: std::collections::BTreeMap<String, String> = Default::default();
     // Per block: query, key, value (weight, bias) to stack.
     let mut qkv: std::collections::BTreeMap<(String, String), [Option<HostTensor>; 3]> = Default::default();
     for (key, tensor) in sd {
         let k = key.strip_prefix("dinov2.").unwrap_or(&key).to_string();
+        if k.starts_with("classifier.") {
+            continue; // Dinov2ForImageClassification's linear head: not part of the backbone
+        }
         let renamed = if let Some(rest) = k.strip_prefix("embeddings.") {
             match rest {
                 "mask_token" => continue,
@@ -135,7 +160,7 @@ fn from_hugging_face(sd: StateDict) -> Result<StateDict, String> {
         } else {
             key.clone()
         };
-        out.insert(renamed, tensor);
+        insert_once(&mut out, &mut source, renamed, key, tensor)?;
     }
     for ((block, param), parts) in qkv {
         let [Some(q), Some(k), Some(v)] = parts else {
@@ -148,7 +173,8 @@ fn from_hugging_face(sd: StateDict) -> Result<StateDict, String> {
         let mut shape = q.shape.clone();
         shape[0] *= 3;
         let data = [q.data, k.data, v.data].concat();
-        out.insert(format!("{block}.attn.qkv.{param}"), HostTensor::new(shape, data));
+        let name = format!("{block}.attn.qkv.{param}");
+        insert_once(&mut out, &mut source, name, format!("{block} query/key/value {param}"), HostTensor::new(shape, data))?;
     }
     Ok(out)
 }
@@ -173,6 +199,26 @@ mod tests {
         let (out, layout) = to_official(sd).unwrap();
         assert_eq!(layout, Layout::OfficialChunked);
         assert_eq!(out.keys().collect::<Vec<_>>(), ["blocks.0.norm1.weight", "blocks.3.ls1.gamma"]);
+    }
+
+    /// A chunked and a plain copy of one tensor, or `reg_token` beside `register_tokens`: an
+    /// error naming both keys, not whichever came last.
+    #[test]
+    fn two_copies_of_one_tensor_are_an_error() {
+        let sd: StateDict =
+            [("blocks.0.1.norm1.weight".to_string(), t(&[2], 0.0)), ("blocks.1.norm1.weight".to_string(), t(&[2], 5.0))].into();
+        let err = to_official(sd).unwrap_err();
+        assert!(err.contains("blocks.0.1.norm1.weight") && err.contains("blocks.1.norm1.weight"), "{err}");
+        let sd: StateDict = [("reg_token".to_string(), t(&[1, 4, 2], 0.0)), ("register_tokens".to_string(), t(&[1, 4, 2], 0.0))].into();
+        assert!(to_official(sd).unwrap_err().contains("two copies"));
+        // HF classifier files: the prefix and the linear head go.
+        let sd: StateDict = [
+            ("dinov2.embeddings.cls_token".to_string(), t(&[1, 1, 2], 0.0)),
+            ("dinov2.layernorm.weight".to_string(), t(&[2], 0.0)),
+            ("classifier.weight".to_string(), t(&[3, 4], 0.0)),
+        ]
+        .into();
+        assert_eq!(to_official(sd).unwrap().0.keys().collect::<Vec<_>>(), ["cls_token", "norm.weight"]);
     }
 
     #[test]

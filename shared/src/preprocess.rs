@@ -23,8 +23,10 @@ pub struct ModelInput {
 pub enum PreprocessError {
     #[error("image is {width}x{height} pixels, smaller than one {patch}x{patch} patch")]
     TooSmall { width: u32, height: u32, patch: usize },
-    #[error("image size {0}x{1} is smaller than one {2}x{2} patch")]
+    #[error("--image_size: {0}x{1} px is smaller than one {2}x{2} patch")]
     SizeTooSmall(usize, usize, usize),
+    #[error("--image_size: resizing to {0}x{1} px would take more than {max} MiB", max = MAX_DECODED_BYTES >> 20)]
+    SizeTooLarge(usize, usize),
     #[error("--image_size takes one value (the shorter side) or two (H W), all positive; got {0:?}")]
     BadSize(Vec<usize>),
 }
@@ -115,6 +117,16 @@ pub fn normalize(img: &RgbImage) -> Vec<f32> {
     out
 }
 
+/// A resize target must fit the same memory bound as a decoded picture (`--image_size 100000`
+/// is refused before 30 GB are asked for).
+fn check_resize(height: usize, width: usize) -> Result<(), PreprocessError> {
+    let bytes = (height as u64).saturating_mul(width as u64).saturating_mul(3);
+    if bytes > MAX_DECODED_BYTES {
+        return Err(PreprocessError::SizeTooLarge(height, width));
+    }
+    Ok(())
+}
+
 fn check_size(img: &RgbImage, patch: usize) -> Result<(), PreprocessError> {
     if (img.width() as usize) < patch || (img.height() as usize) < patch {
         return Err(PreprocessError::TooSmall { width: img.width(), height: img.height(), patch });
@@ -176,6 +188,7 @@ pub fn for_attention(img: &DynamicImage, size: ImageSize, patch: usize) -> Resul
     // Below one patch there is nothing at the model's scale to look at: refuse, do not upscale.
     check_size(&rgb, patch)?;
     let (height, width) = size.resolve(rgb.width(), rgb.height());
+    check_resize(height, width)?;
     let (h, w) = (height - height % patch, width - width % patch);
     if h == 0 || w == 0 {
         return Err(PreprocessError::SizeTooSmall(width, height, patch));
@@ -200,6 +213,7 @@ pub fn for_evaluation(img: &DynamicImage, size: usize, patch: usize) -> Result<M
     } else {
         (((w as f64 * resize_to as f64 / h as f64) as u32).max(1), resize_to)
     };
+    check_resize(nh as usize, nw as usize)?;
     let resized = image::imageops::resize(&rgb, nw, nh, FilterType::CatmullRom);
     let s = size as u32;
     let left = ((nw as f64 - s as f64) / 2.0).round().max(0.0) as u32;

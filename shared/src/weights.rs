@@ -123,6 +123,12 @@ pub fn parse_safetensors(bytes: &[u8]) -> Result<(StateDict, HashMap<String, Str
     let st = SafeTensors::deserialize(bytes).map_err(|e| format!("not a valid safetensors file ({e})"))?;
     let mut out = StateDict::new();
     for (name, view) in st.iter() {
+        use Dtype::*;
+        // Integer and boolean buffers (HF's `position_ids`, step counters) are not model
+        // weights: skipped, as in `.pth` files.
+        if matches!(view.dtype(), BOOL | U8 | I8 | U16 | I16 | U32 | I32 | U64 | I64) {
+            continue;
+        }
         let data = to_f32(view.dtype(), view.data())
             .ok_or_else(|| format!("tensor {name} has dtype {:?}; expected a float type", view.dtype()))?;
         out.insert(name.to_string(), HostTensor::checked(view.shape().to_vec(), data).map_err(|e| format!("tensor {name}: {e}"))?);
@@ -156,6 +162,18 @@ pub fn select_model_keys(names: &[String], checkpoint_key: &str) -> Result<Vec<(
             (orig, k.to_string())
         })
         .collect())
+}
+
+/// Weights with NaN or infinite values give NaN maps and features silently: refused, naming
+/// the first such tensor.
+fn check_finite(sd: &StateDict) -> Result<(), String> {
+    match sd.iter().find(|(_, t)| t.data.iter().any(|x| !x.is_finite())) {
+        Some((name, t)) => {
+            let bad = t.data.iter().filter(|x| !x.is_finite()).count();
+            Err(format!("tensor {name} holds {bad} NaN or infinite value(s)"))
+        }
+        None => Ok(()),
+    }
 }
 
 /// Split official names into the backbone and the DINO head.
@@ -197,6 +215,7 @@ impl WeightsFile {
         }
         let (backbone, head) = split_backbone_head(selected);
         let (backbone, _) = layouts::to_official(backbone).map_err(err)?;
+        check_finite(&backbone).and_then(|_| check_finite(&head)).map_err(err)?;
         let vit = meta.get("vit").map(|s| serde_json::from_str(s)).transpose().map_err(|e| err(format!("bad 'vit' metadata: {e}")))?;
         let head_config =
             meta.get("head").map(|s| serde_json::from_str(s)).transpose().map_err(|e| err(format!("bad 'head' metadata: {e}")))?;
@@ -208,6 +227,9 @@ impl WeightsFile {
     pub fn read(path: &std::path::Path, checkpoint_key: &str) -> Result<Self, WeightsError> {
         let name = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|e| WeightsError::new(&name, e))?;
+        if bytes.is_empty() {
+            return Err(WeightsError::new(&name, WeightsErrorKind::Empty));
+        }
         if is_safetensors(&bytes) {
             return Self::from_safetensors_bytes(&name, &bytes, checkpoint_key);
         }
@@ -215,6 +237,7 @@ impl WeightsFile {
         let backbone_and_head = read_pth(path, checkpoint_key).map_err(|m| WeightsError::new(&name, m))?;
         let (backbone, head) = split_backbone_head(backbone_and_head);
         let (backbone, _) = layouts::to_official(backbone).map_err(|m| WeightsError::new(&name, m))?;
+        check_finite(&backbone).and_then(|_| check_finite(&head)).map_err(|m| WeightsError::new(&name, m))?;
         Ok(Self { name, backbone, head, vit: None, head_config: None })
     }
 
@@ -223,6 +246,10 @@ impl WeightsFile {
     pub fn vit_config(&self, spec: &ArchSpec) -> Result<VitConfig, WeightsError> {
         let cfg = self.unchecked_vit_config(spec)?;
         cfg.validate().map_err(|e| WeightsError::new(&self.name, e))?;
+        if let Some(p) = spec.patch_size.filter(|&p| p != cfg.patch_size) {
+            let found = format!("--patch_size {p} does not match the file's patches of {} px", cfg.patch_size);
+            return Err(WeightsError::new(&self.name, found));
+        }
         Ok(cfg)
     }
 

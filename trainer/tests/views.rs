@@ -158,7 +158,7 @@ fn video_from_a_gif_and_from_a_frame_folder() {
         "--fps", "5", "--output_dir", s(&out.join("b")), "--device", "cpu",
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stderr.contains("2 frames (1 unreadable files skipped)"), "{}", r.stderr);
+    assert!(r.stderr.contains("2 frames (1 skipped"), "{}", r.stderr);
     // A video file without ffmpeg, and a file that is no clip at all: one line, exit 2.
     let mp4 = out.join("clip.mp4");
     std::fs::write(&mp4, b"not a video").unwrap();
@@ -168,4 +168,80 @@ fn video_from_a_gif_and_from_a_frame_folder() {
         assert_eq!(r.code, 2, "{input}");
         assert!(r.error_line().contains(needle), "{}", r.stderr);
     }
+}
+
+/// Faults found by review, each with its sibling: sizes that would take tens of GB (`--image_size`
+/// on every command that runs the model, a GIF whose header claims a huge canvas), a frame rate
+/// that cannot be a duration, a `--patch_size` the file contradicts, two copies of one tensor,
+/// NaN weights; HF classifier files load; a shorter clip never reuses an earlier run's frames; a
+/// frame smaller than one patch is skipped and counted.
+#[test]
+fn faults_found_in_review_are_one_line_errors() {
+    use dino_shared::weights::{parse_safetensors, serialize_safetensors, ExportDType};
+    let out = temp_dir("v2-faults");
+    let w = v2("v2reg4_official.pth");
+    let photo = image("astronaut.jpg");
+    let expect_error = |args: &[&str], needle: &str| {
+        let r = dino(args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        let line = r.error_line();
+        assert!(line.contains(needle), "{args:?}: {line}");
+    };
+    let o = s(&out);
+    for cmd in ["attention", "pca"] {
+        expect_error(&[cmd, "--image", s(&photo), "--pretrained_weights", &w, "--image_size", "100000", "--output_dir", o, "--device", "cpu"], "--image_size");
+        expect_error(&[cmd, "--image", s(&photo), "--pretrained_weights", &w, "--image_size", "3000", "--output_dir", o, "--device", "cpu"], "one block's attention would take");
+    }
+    expect_error(&["embed", "--data_path", s(&repo().join("tests/images")), "--pretrained_weights", &w, "--image_size", "5000", "--output", s(&out.join("f.npy")), "--device", "cpu"], "--image_size");
+    expect_error(&["attention", "--image", s(&photo), "--pretrained_weights", &w, "--patch_size", "16", "--output_dir", o, "--device", "cpu"], "--patch_size 16 does not match");
+    // A GIF whose logical screen claims 65535 x 65535 pixels.
+    let gif = out.join("clip.gif");
+    write_gif(&gif, 3);
+    let mut bytes = std::fs::read(&gif).unwrap();
+    bytes[6..10].copy_from_slice(&[255, 255, 255, 255]);
+    let huge = out.join("huge.gif");
+    std::fs::write(&huge, bytes).unwrap();
+    expect_error(&["video", "--input", s(&huge), "--pretrained_weights", &w, "--output_dir", o, "--device", "cpu"], "larger than 512 MiB");
+    expect_error(&["video", "--input", s(&gif), "--fps", "1e-300", "--pretrained_weights", &w, "--output_dir", o, "--device", "cpu"], "--fps");
+    // Weights: a NaN, two copies of one tensor (timm's reg_token beside register_tokens); an HF
+    // classifier file (prefix and head) loads.
+    let (sd, _) = parse_safetensors(&std::fs::read(fixture("v2reg4_hf.safetensors")).unwrap()).unwrap();
+    let write = |name: &str, sd: &dino_shared::state_dict::StateDict| {
+        let path = out.join(name);
+        std::fs::write(&path, serialize_safetensors(sd, ExportDType::F32, Default::default())).unwrap();
+        path
+    };
+    let mut nan = sd.clone();
+    nan.get_mut("encoder.layer.1.mlp.fc2.weight").unwrap().data[7] = f32::NAN;
+    let nan = write("nan.safetensors", &nan);
+    expect_error(&["attention", "--image", s(&photo), "--pretrained_weights", s(&nan), "--output_dir", o, "--device", "cpu"], "NaN");
+    let (timm, _) = parse_safetensors(&std::fs::read(fixture("v2reg4_timm.safetensors")).unwrap()).unwrap();
+    let mut twice = timm.clone();
+    twice.insert("register_tokens".into(), timm["reg_token"].clone());
+    let twice = write("twice.safetensors", &twice);
+    expect_error(&["attention", "--image", s(&photo), "--pretrained_weights", s(&twice), "--output_dir", o, "--device", "cpu"], "two copies of one tensor");
+    let mut classifier: dino_shared::state_dict::StateDict = sd.iter().map(|(k, t)| (format!("dinov2.{k}"), t.clone())).collect();
+    classifier.insert("classifier.weight".into(), dino_shared::state_dict::HostTensor::new(vec![10, 256], vec![0.1; 2560]));
+    let classifier = write("classifier.safetensors", &classifier);
+    let r = dino(&["attention", "--image", s(&photo), "--pretrained_weights", s(&classifier), "--image_size", "112", "--output_dir", o, "--device", "cpu"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // A 3-frame clip, then a 1-frame one into the same folder: 1 frame, no leftovers.
+    let one = out.join("one.gif");
+    write_gif(&one, 1);
+    let dir = out.join("video");
+    for (clip, frames) in [(&gif, 3), (&one, 1)] {
+        let r = dino(&["video", "--input", s(clip), "--pretrained_weights", &w, "--output_dir", s(&dir), "--device", "cpu"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let decoded = GifDecoder::new(std::io::BufReader::new(std::fs::File::open(dir.join("attention.gif")).unwrap())).unwrap();
+        assert_eq!(decoded.into_frames().count(), frames);
+    }
+    assert!(!dir.join("attn-00001.png").exists(), "a frame of the earlier, longer clip is left");
+    // A frame smaller than one 14 px patch in a folder: skipped and counted.
+    let frames = out.join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    std::fs::copy(&photo, frames.join("a.jpg")).unwrap();
+    std::fs::copy(image("tiny.png"), frames.join("b.png")).unwrap();
+    let r = dino(&["video", "--input", s(&frames), "--pretrained_weights", &w, "--image_size", "112", "--output_dir", s(&out.join("v2")), "--device", "cpu"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("1 frames (1 skipped"), "{}", r.stderr);
 }

@@ -132,6 +132,7 @@ async fn analyze(model: &VisionTransformer, device: &Device, bytes: &[u8], short
     let block = checked_block(layer, model.config().depth)?;
     let size = preprocess::ImageSize::from_values(&[shorter_side]).map_err(|e| e.to_string())?;
     let input = preprocess::for_attention(&img, size, patch).map_err(|e| e.to_string())?;
+    dino_shared::inference::check_input_size(model, input.height, input.width)?;
     let start = now_ms();
     let (tokens, attn) = model.forward_tokens_with_attention(batch_tensor(&[&input], device), block);
     let data = attn.into_data_async().await.map_err(|e| format!("reading the attention back failed: {e:?}"))?;

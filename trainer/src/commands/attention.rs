@@ -50,7 +50,7 @@ pub fn run(args: &AttentionArgs) -> anyhow::Result<()> {
     let img = open_image(&args.image)?;
     let input = preprocess::for_attention(&img, size, model.config().patch_size)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.image.display()))?;
-    let (_, attn) = features_and_attention(&model, &input, args.layer, &device).map_err(|e| anyhow::anyhow!("--layer: {e}"))?;
+    let (_, attn) = features_and_attention(&model, &input, args.layer, &device).map_err(|e| anyhow::anyhow!("{e}"))?;
     let maps = attention_maps(attn.into_data(), &model, &input).map_err(|e| anyhow::anyhow!("{}: {e}", args.image.display()))?;
     write_outputs(&maps, &input.image, model.config().patch_size, args.threshold, &args.output_dir, 1)?;
     eprintln!("wrote {} heads of {}x{} patches to {}", maps.heads, maps.grid_h, maps.grid_w, args.output_dir.display());

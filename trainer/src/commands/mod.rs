@@ -59,6 +59,7 @@ impl ModelArgs {
         let size = image_size.unwrap_or(model.config().img_size);
         let patch = model.config().patch_size;
         anyhow::ensure!(size >= patch, "--image_size {size} is smaller than one {patch} px patch");
+        dino_shared::inference::check_input_size(model, size, size).map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(size)
     }
 

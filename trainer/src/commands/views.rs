@@ -77,7 +77,7 @@ fn features(model: &VisionTransformer, path: &Path, size: &[usize], device: &Dev
     let img = open_image(path)?;
     let input = preprocess::for_attention(&img, image_size(size)?, model.config().patch_size)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let tokens = patch_tokens(model, &input, device).into_data();
+    let tokens = patch_tokens(model, &input, device).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?.into_data();
     let features = patch_features(tokens, model, &input).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok((input, features))
 }
@@ -153,7 +153,7 @@ pub fn run_similarity(args: &SimilarityArgs) -> anyhow::Result<()> {
         (None, Some(at)) => {
             let (w, h) = input.image.dimensions();
             anyhow::ensure!(
-                (at[0] as u32) < w && (at[1] as u32) < h,
+                at[0] < w as usize && at[1] < h as usize,
                 "--at {} {} is outside the {w} x {h} model input (the picture after resizing and cropping)",
                 at[0],
                 at[1]
