@@ -72,20 +72,7 @@ impl VitConfig {
             "vit_base" => (768, 12, 12),
             _ => return None,
         };
-        Some(Self {
-            img_size: 224,
-            patch_size,
-            in_chans: 3,
-            embed_dim,
-            depth,
-            num_heads,
-            mlp_ratio: 4.0,
-            drop_path_rate: 0.0,
-            num_register_tokens: 0,
-            layer_scale: false,
-            ffn_layer: FfnLayer::Mlp,
-            pos_interpolation: PosInterpolation::Offset,
-        })
+        Some(Self::custom(224, patch_size, embed_dim, depth, num_heads))
     }
 
     /// A free configuration, e.g. for 28-64 px images.

@@ -7,37 +7,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use dino_shared::attention_maps::AttentionMaps;
-use dino_shared::state_dict::{HostTensor, StateDict};
-use dino_shared::weights::{parse_safetensors, ArchSpec, WeightsFile};
+use dino_shared::weights::{ArchSpec, WeightsFile};
+
+mod common;
+use common::*;
 
 const CLS_TOL: f32 = 1e-4;
 const ATTN_TOL: f32 = 1e-5;
 const HEAD_TOL: f32 = 1e-4;
 const SIZES: [&str; 2] = ["224", "480x320"];
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
-
-fn read_ref(dir: &Path, name: &str) -> StateDict {
-    let bytes = std::fs::read(dir.join(format!("{name}_ref.safetensors"))).expect("reference outputs");
-    parse_safetensors(&bytes).unwrap().0
-}
-
-fn tensor<const D: usize>(t: &HostTensor, device: &Device) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(t.data.clone(), t.shape.clone()), device)
-}
-
-fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "different sizes");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
 
 /// Figures of one comparison, printed so `--nocapture` runs show the measured parity.
 #[derive(Default, Debug)]

@@ -8,41 +8,26 @@
 //! hub's `dinov2_vits14_reg4` in miniature) and `v2swiglu` (SwiGLUFFNFused, no registers,
 //! LayerScale; the ViT-g recipe), 128-dim, 2 heads, patch 14, position grid 7 x 7.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use dino_shared::config::{FfnLayer, PosInterpolation};
 use dino_shared::inference::{checked_block, patch_features};
 use dino_shared::preprocess::ModelInput;
-use dino_shared::state_dict::{load_state_dict, HostTensor, StateDict};
+use dino_shared::state_dict::{load_state_dict, StateDict};
 use dino_shared::views::{patch_similarity, PatchFeatures, PatchPca};
 use dino_shared::weights::{parse_safetensors, ArchSpec, WeightsFile};
 use dino_shared::VisionTransformer;
+
+mod common;
+use common::*;
 
 const CLS_TOL: f32 = 1e-4;
 const PATCH_TOL: f32 = 1e-4;
 const ATTN_TOL: f32 = 1e-5;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
-
-fn read_ref(name: &str) -> StateDict {
-    let bytes = std::fs::read(fixtures().join(format!("{name}_ref.safetensors"))).expect("reference outputs");
-    parse_safetensors(&bytes).unwrap().0
-}
-
-fn tensor<const D: usize>(t: &HostTensor, device: &Device) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(t.data.clone(), t.shape.clone()), device)
-}
-
-fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "different sizes");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+fn read_v2_ref(name: &str) -> StateDict {
+    read_ref(&fixtures(), name)
 }
 
 /// The model of `file` with its inferred configuration, or with the position resizing `mode`.
@@ -83,7 +68,7 @@ fn assert_close(what: &str, (cls, patch, attn): (f32, f32, f32)) {
 /// Every layout of the register model, as the hub's `dinov2_vits14_reg4` resizes
 /// (antialiased, inferred from the registers), at the native 98 px, at 224 and at 252 x 336.
 fn registers_model_matches(device: &Device) {
-    let refs = read_ref("v2reg4");
+    let refs = read_v2_ref("v2reg4");
     for file in ["v2reg4_official.pth", "v2reg4_timm.safetensors", "v2reg4_hf.safetensors"] {
         let vit = model(file, None, device);
         let cfg = vit.config();
@@ -103,7 +88,7 @@ fn registers_model_matches(device: &Device) {
 /// SwiGLU in the block-chunked training layout and in HF's layout (no registers: DINO's
 /// resizing with the 0.1 offset, as the hub's models without registers).
 fn swiglu_model_matches(device: &Device) {
-    let refs = read_ref("v2swiglu");
+    let refs = read_v2_ref("v2swiglu");
     for file in ["v2swiglu_chunked.pth", "v2swiglu_hf.safetensors"] {
         let vit = model(file, None, device);
         let cfg = vit.config();
@@ -137,7 +122,7 @@ fn dinov2_matches_the_official_forward_on_wgpu() {
 fn every_layer_attention_matches() {
     let device = Device::flex();
     for (name, file) in [("v2reg4", "v2reg4_official.pth"), ("v2swiglu", "v2swiglu_chunked.pth")] {
-        let refs = read_ref(name);
+        let refs = read_v2_ref(name);
         let vit = model(file, Some(PosInterpolation::Offset), &device);
         let depth = vit.config().depth;
         for layer in 0..depth {
@@ -170,7 +155,7 @@ fn features(refs: &StateDict, key: &str, grid_h: usize, grid_w: usize) -> PatchF
 /// joint fit of two pictures and a single one.
 #[test]
 fn pca_equals_numpy() {
-    let refs = read_ref("v2reg4");
+    let refs = read_v2_ref("v2reg4");
     let (a, b) = (features(&refs, "patch_224", 16, 16), features(&refs, "patch_252x336", 18, 24));
     let joint = PatchPca::fit(&[&a, &b]).unwrap();
     let comps: Vec<f32> = joint.components.iter().flatten().map(|&x| x as f32).collect();
@@ -193,7 +178,7 @@ fn pca_equals_numpy() {
 /// from our own forward pass (through `inference::patch_features`) within 1e-4.
 #[test]
 fn similarity_equals_numpy() {
-    let refs = read_ref("v2reg4");
+    let refs = read_v2_ref("v2reg4");
     let (a, b) = (features(&refs, "patch_224", 16, 16), features(&refs, "patch_252x336", 18, 24));
     let d = max_abs_diff(&patch_similarity(&a, 3, 5, &a).unwrap(), &refs["sim_224_r3_c5"].data);
     assert!(d <= 1e-6, "similarity differs by {d}");
