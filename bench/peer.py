@@ -14,6 +14,7 @@ tools/reference.py, which also writes the parity fixtures; with the settings din
     peer.py knn-raw --data_path IDX-FOLDER                                 (raw-pixel k-NN floor)
 """
 import argparse
+import contextlib
 import gzip
 import json
 import math
@@ -178,14 +179,29 @@ def build(cfg):
     return student, teacher
 
 
-def train_step(student, teacher, dino_loss, optimizer, globals_, locals_, epoch, lr, wd, m, cfg):
-    """The body of official train_one_epoch (single process: no all-reduce, no fp16 scaler)."""
+def autocast(args):
+    """bf16 autocast on CUDA for `--dtype bf16` (official DINO's `--use_fp16` autocasts to fp16
+    with a GradScaler; bf16 has fp32's range and needs no scaler); a no-op otherwise."""
+    enabled = getattr(args, "dtype", "fp32") == "bf16"
+    return torch.autocast(getattr(args, "device", "cpu"), dtype=torch.bfloat16, enabled=enabled)
+
+
+def synchronize(args):
+    if getattr(args, "device", "cpu") == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_step(student, teacher, dino_loss, optimizer, globals_, locals_, epoch, lr, wd, m, cfg, amp=None):
+    """The body of official train_one_epoch (single process: no all-reduce, no fp16 scaler);
+    `amp`: an autocast context for the forward passes and the loss (bf16 on CUDA)."""
     for i, group in enumerate(optimizer.param_groups):
         group["lr"] = lr
         if i == 0:
             group["weight_decay"] = wd
-    teacher_output = teacher([globals_])
-    student_output = student([globals_] + ([locals_] if locals_ is not None else []))
+    with amp if amp is not None else contextlib.nullcontext():
+        teacher_output = teacher([globals_])
+        student_output = student([globals_] + ([locals_] if locals_ is not None else []))
+    teacher_output, student_output = teacher_output.float(), student_output.float()
     with torch.no_grad():  # before the loss moves the centre
         entropy = teacher_entropy(teacher_output, dino_loss.center, dino_loss.teacher_temp_schedule[epoch])
     loss = dino_loss(student_output, teacher_output, epoch)
@@ -213,19 +229,25 @@ def teacher_entropy(teacher_output, center, temp):
 def mode_step(args):
     cfg = config(args)
     torch.manual_seed(0)
+    dev = torch.device(args.device)
     student, teacher = build(cfg)
-    student.train()
+    student, teacher = student.to(dev).train(), teacher.to(dev)
     b, g, l, n = cfg["batch"], cfg["global_size"], cfg["local_size"], cfg["local_crops"]
-    dino_loss = DINOLoss(cfg["out_dim"], 2 + n, cfg["warmup_teacher_temp"], cfg["teacher_temp"], 0, 1)
+    dino_loss = DINOLoss(cfg["out_dim"], 2 + n, cfg["warmup_teacher_temp"], cfg["teacher_temp"], 0, 1).to(dev)
     optimizer = torch.optim.AdamW(get_params_groups(student))
-    globals_ = torch.randn(2 * b, 3, g, g)
-    locals_ = torch.randn(n * b, 3, l, l) if n > 0 else None
+    globals_ = torch.randn(2 * b, 3, g, g).to(dev)
+    locals_ = torch.randn(n * b, 3, l, l).to(dev) if n > 0 else None
     for i in range(args.warmup + args.iters):
         if i == args.warmup:
+            synchronize(args)
             start = time.perf_counter()
-        train_step(student, teacher, dino_loss, optimizer, globals_, locals_, 0, 1e-4, 0.04, cfg["momentum"], cfg)
+        train_step(student, teacher, dino_loss, optimizer, globals_, locals_, 0, 1e-4, 0.04, cfg["momentum"], cfg,
+                   amp=autocast(args))
+    synchronize(args)
     secs = time.perf_counter() - start
-    print(json.dumps({"bench": "step", "impl": "pytorch", "backend": "cpu", "threads": torch.get_num_threads(),
+    peak = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None
+    print(json.dumps({"bench": "step", "impl": "pytorch", "backend": args.device, "dtype": args.dtype,
+                      "peak_mib": peak, "threads": torch.get_num_threads(),
                       "batch": b, "global": g, "local": l, "local_crops": n, "out_dim": cfg["out_dim"],
                       "iters": args.iters, "seconds_per_step": secs / args.iters,
                       "images_per_s": b * args.iters / secs}))
@@ -252,19 +274,22 @@ def last_selfattention(model, x):
 def mode_infer(args):
     dim, depth, heads = ARCHS[args.arch]
     torch.manual_seed(0)
-    model = backbone(args.image_size, args.patch_size, dim, depth, heads).eval()
-    x = torch.randn(args.batch, 3, args.image_size, args.image_size)
+    dev = torch.device(args.device)
+    model = backbone(args.image_size, args.patch_size, dim, depth, heads).eval().to(dev)
+    x = torch.randn(args.batch, 3, args.image_size, args.image_size).to(dev)
     times = []
     with torch.inference_mode():
         for i in range(args.warmup + args.iters):
             start = time.perf_counter()
-            cls, attn = last_selfattention(model, x)
-            cls.numpy(), attn.numpy()
+            with autocast(args):
+                cls, attn = last_selfattention(model, x)
+            cls.float().cpu().numpy(), attn.float().cpu().numpy()  # read back, as ours does
             if i >= args.warmup:
                 times.append((time.perf_counter() - start) * 1e3)
     times.sort()
     mean = sum(times) / len(times)
-    print(json.dumps({"bench": "infer", "impl": "pytorch", "backend": "cpu", "threads": torch.get_num_threads(),
+    print(json.dumps({"bench": "infer", "impl": "pytorch", "backend": args.device, "dtype": args.dtype,
+                      "threads": torch.get_num_threads(),
                       "image_size": args.image_size, "batch": args.batch, "iters": args.iters, "ms_mean": mean,
                       "ms_median": times[len(times) // 2], "images_per_s": args.batch * 1e3 / mean}))
 
@@ -449,6 +474,10 @@ def main():
     k = sub.add_parser("knn-raw")
     k.add_argument("--data_path", required=True)
     k.add_argument("--k", type=int, default=20)
+    for s in (sub.choices["step"], sub.choices["infer"]):
+        s.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the peer runs (cuda: bench/gpu.sh)")
+        s.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                       help="bf16: torch.autocast(bfloat16) around the forward passes (CUDA); fp32 weights, loss and centre")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--dino", help="the dino binary whose presets to read (default: $DINO, else `cargo run`)")
     args = p.parse_args()

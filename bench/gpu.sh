@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# GPU benchmark, one call: our DINO step and ViT-S/16 inference on wgpu (Vulkan), beside the
+# PyTorch peer (bench/peer.py: the official algorithm) on CUDA in fp32 and bf16 autocast, same
+# sizes, same run; JSON lines and a markdown table with the ratios.
+#
+# Made for the GPU machine the `device` tool lends to some tasks (one H200, no cargo, no
+# network): build here, carry the binary (and the Vulkan loader .debs in .gl/, see
+# ../shared/notes/gpu-device.md), then run this there. Without a GPU it runs our side on any
+# wgpu adapter (Mesa's lavapipe) and the peer on the CPU, which checks the script itself.
+#
+#   bench/gpu.sh [DINO] [OUT_DIR]        DINO: the binary (default target/release/dino)
+#   QUICK=1 bench/gpu.sh ...             tiny sizes (a check of the script on lavapipe)
+#   BATCHES="8 32 128" ITERS=10 ...      the step's batch sizes and timed iterations
+#
+# Deviation: our side is f32 only (Burn has no autocast; a bf16 step is not implemented yet), so
+# the bf16 column is the peer's.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+dino="${1:-target/release/dino}"
+out="${2:-${OUT:-bench/results/gpu}}"
+mkdir -p "$out"
+jsonl="$out/gpu.jsonl"
+: > "$jsonl"
+py="${PYTHON:-python3}"
+[ -x bench/.venv/bin/python ] && py=bench/.venv/bin/python
+
+# The Vulkan loader carried as .debs (the device machine has none).
+if [ -d .gl ] && ls .gl/*.deb >/dev/null 2>&1; then
+  for f in .gl/*.deb; do dpkg -x "$f" /; done
+  ldconfig
+  icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+  [ -f "$icd" ] && export VK_DRIVER_FILES="$icd"
+fi
+
+cuda=cpu
+if command -v nvidia-smi >/dev/null && nvidia-smi -L; then cuda=cuda; fi
+echo "peer device: $cuda; torch $($py -c 'import torch; print(torch.__version__, torch.cuda.is_available())')"
+
+if [ "${QUICK:-0}" = 1 ]; then
+  BATCHES="${BATCHES:-2}"; ITERS="${ITERS:-1}"; WARMUP=1; INFER_BATCHES="1"; IMG=64; PRESET=small
+else
+  BATCHES="${BATCHES:-8 32 128}"; ITERS="${ITERS:-10}"; WARMUP=2; INFER_BATCHES="1 32"; IMG=224; PRESET=imagenet
+fi
+
+# Each case is bounded: a slow or failed one is recorded and the script goes on.
+run() { # label, command...
+  local label="$1"; shift
+  local line
+  line=$(timeout "${CASE_TIMEOUT:-240}" "$@" 2>"$out/last.err" | tail -1)
+  if [ -n "$line" ] && [ "${line:0:1}" = "{" ]; then
+    echo "$line" | $py -c "import json,sys; d=json.loads(sys.stdin.read()); d['case']='$label'; print(json.dumps(d))" >> "$jsonl"
+    echo "$label: $line"
+  else
+    echo "{\"case\": \"$label\", \"error\": $($py -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read()[-400:]))' "$out/last.err")}" >> "$jsonl"
+    echo "$label: FAILED (see $jsonl)"
+  fi
+}
+
+"$dino" bench infer --device wgpu --image_size 32 --iters 1 --warmup 0 2>&1 | grep -m1 "device:" | tee "$out/adapter.txt"
+for b in $BATCHES; do
+  run "step ours wgpu f32 b$b" "$dino" bench step --preset "$PRESET" --batch_size_per_gpu "$b" --device wgpu --iters "$ITERS" --warmup "$WARMUP"
+  for dt in fp32 bf16; do
+    run "step peer $cuda $dt b$b" $py bench/peer.py --dino "$dino" step --preset "$PRESET" --batch_size_per_gpu "$b" --device "$cuda" --dtype "$dt" --iters "$ITERS" --warmup "$WARMUP"
+  done
+done
+for b in $INFER_BATCHES; do
+  run "infer ours wgpu f32 b$b" "$dino" bench infer --image_size "$IMG" --batch "$b" --device wgpu --iters "$ITERS" --warmup "$WARMUP"
+  for dt in fp32 bf16; do
+    run "infer peer $cuda $dt b$b" $py bench/peer.py infer --image_size "$IMG" --batch "$b" --device "$cuda" --dtype "$dt" --iters "$ITERS" --warmup "$WARMUP"
+  done
+done
+
+# The table: images/s of each case and ours / peer-fp32, ours / peer-bf16.
+$py - "$jsonl" "$out/gpu.md" <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+def ips(case):
+    r = next((r for r in rows if r.get("case") == case), None)
+    return None if r is None or "error" in r else r.get("images_per_s")
+lines = ["| case | ours (wgpu, f32) img/s | peer fp32 img/s | peer bf16 img/s | ours / fp32 | ours / bf16 |", "|---|---|---|---|---|---|"]
+cases = sorted({" ".join(r["case"].split()[:1] + r["case"].split()[-1:]) for r in rows})
+for kind_b in cases:
+    kind, b = kind_b.split()
+    dev = next((r["case"].split()[2] for r in rows if r["case"].startswith(f"{kind} peer") and r["case"].endswith(b)), "cuda")
+    o, f, h = ips(f"{kind} ours wgpu f32 {b}"), ips(f"{kind} peer {dev} fp32 {b}"), ips(f"{kind} peer {dev} bf16 {b}")
+    fmt = lambda v: "failed" if v is None else f"{v:.1f}"
+    ratio = lambda a, c: "–" if a is None or c is None else f"{a / c:.2f}x"
+    lines.append(f"| {kind} {b} | {fmt(o)} | {fmt(f)} | {fmt(h)} | {ratio(o, f)} | {ratio(o, h)} |")
+open(sys.argv[2], "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+EOF
