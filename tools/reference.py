@@ -12,6 +12,8 @@ Commands (from the repository root):
     python3 tools/reference.py small --out tests/fixtures    # committed fixtures
     python3 tools/reference.py full  --out /tmp/parity-full  # full size, not committed
     python3 tools/reference.py small --only dinov2           # only the v2* fixtures
+    python3 tools/reference.py small --only video            # video_ref.safetensors: official
+                                                             # video_generation.py maps (tiny16)
 
 Models
     small: tiny16 = vit_small_patch16_224(embed_dim=96, depth=2, num_heads=3)
@@ -137,7 +139,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import ImageFilter, ImageOps
+from PIL import Image, ImageFilter, ImageOps
 
 import timm
 import safetensors
@@ -1322,6 +1324,41 @@ def write_dinov2(out_dir, models):
     return files
 
 
+# --------------------------------------------------------------------------- video
+
+def write_video_reference(out_dir):
+    """Official video_generation.py's per-frame map for `dino video`: the head mean of the last
+    layer's CLS attention to the patches (`attentions[0, :, 0, 1:]`, then the mean over heads
+    that `plt.imsave` draws), on the committed tiny16 backbone (tests/fixtures/tiny16_pretrain.pth,
+    timm layout; 3 heads of 32). Frames: tests/images/coffee.png and its mirror image (the CLI
+    test writes the mirror with the `image` crate; PNG, so the pixels are exact), at their own
+    size cropped top-left to whole 16 px patches (the official script without `--resize`).
+    Writes video_ref.safetensors: `mean_attention` [2, 8, 12]."""
+    cfg = SMALL_MODELS[0]
+    torch.manual_seed(0)
+    model = timm.create_model(cfg["timm_name"], pretrained=False, num_classes=0, embed_dim=cfg["embed_dim"],
+                              depth=cfg["depth"], num_heads=cfg["num_heads"], img_size=cfg["img_size"]).float().eval()
+    sd = torch.load(os.path.join(out_dir, "tiny16_pretrain.pth"), map_location="cpu", weights_only=True)
+    model.load_state_dict(sd, strict=True)
+    P = cfg["patch_size"]
+    coffee = Image.open(os.path.join(os.path.dirname(out_dir.rstrip("/")), "images", "coffee.png")).convert("RGB")
+    maps = []
+    with torch.no_grad():
+        for frame in (coffee, ImageOps.mirror(coffee)):
+            x = np.asarray(frame, dtype=np.float32) / 255.0
+            h, w = (x.shape[0] // P) * P, (x.shape[1] // P) * P
+            x = torch.from_numpy(x[:h, :w]).permute(2, 0, 1)
+            x = ((x - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor([0.229, 0.224, 0.225])[:, None, None])[None]
+            _, attn, _ = backbone_forward(model, x, P)
+            nh = attn.shape[1]
+            a = attn[0, :, 0, 1:].reshape(nh, h // P, w // P)
+            maps.append(a.mean(0))
+    p = os.path.join(out_dir, "video_ref.safetensors")
+    save_safetensors({"mean_attention": torch.stack(maps).contiguous()}, p,
+                     metadata={"source": "tools/reference.py write_video_reference", "frames": "coffee.png, mirror"})
+    return [p]
+
+
 # --------------------------------------------------------------------------- loss / schedules
 
 def cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epochs=0, start_warmup_value=0):
@@ -1544,7 +1581,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("mode", nargs="?", default="small", choices=["small", "full"])
     ap.add_argument("--out", default=None, help="output directory (default: tests/fixtures for small)")
-    ap.add_argument("--only", default="all", choices=["all", "dino", "dinov2"],
+    ap.add_argument("--only", default="all", choices=["all", "dino", "dinov2", "video"],
                     help="small mode: write only the DINO v1 fixtures (tiny*, losses, schedules) "
                          "or only the DINOv2 ones (v2*); default all")
     ap.add_argument("--max-full-elems", type=int, default=None,
@@ -1570,6 +1607,8 @@ def main(argv=None):
             files += write_schedules(out_dir)
     if args.only in ("all", "dinov2"):
         files += write_dinov2(out_dir, V2_SMALL_MODELS if small else V2_FULL_MODELS)
+    if small and args.only in ("all", "video"):
+        files += write_video_reference(out_dir)
 
     print(f"tools/reference.py {args.mode}: torch {torch.__version__}, timm {timm.__version__}, "
           f"safetensors {safetensors.__version__}, numpy {np.__version__}")

@@ -245,3 +245,28 @@ fn faults_found_in_review_are_one_line_errors() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("1 frames (1 skipped"), "{}", r.stderr);
 }
+
+/// `dino video`'s per-frame maps equal official `video_generation.py`'s (the head mean of the
+/// last layer's CLS attention), computed by PyTorch in tools/reference.py on the same two frames
+/// (coffee.png and its mirror image, at their own size) with the tiny16 fixture.
+#[test]
+fn video_maps_equal_the_official_script() {
+    let out = temp_dir("video-ref");
+    let frames = out.join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    let coffee = image::open(image("coffee.png")).unwrap().to_rgb8();
+    coffee.save(frames.join("0.png")).unwrap();
+    image::imageops::flip_horizontal(&coffee).save(frames.join("1.png")).unwrap();
+    let r = dino(&[
+        "video", "--input", s(&frames), "--pretrained_weights", s(&fixture("tiny16_pretrain.pth")), "--num_heads", "3",
+        "--output_dir", s(&out.join("v")), "--device", "cpu",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(npy_shape(&out.join("v/attention.npy")), vec![2, 8, 12]);
+    let ours = npy_values(&out.join("v/attention.npy"));
+    let bytes = std::fs::read(fixture("video_ref.safetensors")).unwrap();
+    let (refs, _) = dino_shared::weights::parse_safetensors(&bytes).unwrap();
+    let want = &refs["mean_attention"].data;
+    let d = ours.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(d <= 1e-5, "per-frame maps differ from the official script's by {d}");
+}

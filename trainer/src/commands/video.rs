@@ -1,6 +1,7 @@
 //! `dino video`: the attention of every frame of a clip (official `video_generation.py`): the
 //! mean over heads of the last layer's CLS attention, drawn with the inferno map (`attn-*.png`,
-//! as the official script's `plt.imsave(..., cmap="inferno")`), each head's threshold mask
+//! as the official script's `plt.imsave(..., cmap="inferno")`; the numbers in `attention.npy`,
+//! [frames, rows, cols], when every frame has the same patch grid), each head's threshold mask
 //! (`--threshold`, official default 0.6) united into one outline picture (`mask-*.png`), and the
 //! heat map over the frame as an animated GIF (`attention.gif`); with `ffmpeg` on PATH also
 //! mp4 in and out.
@@ -22,6 +23,7 @@ use image::{AnimationDecoder, Delay, DynamicImage, Frame, RgbImage};
 use super::{image_size, ModelArgs};
 use crate::device::{self, DeviceChoice};
 use crate::images::{open_image, top_level_images};
+use crate::npy::write_npy;
 
 #[derive(clap::Args, Debug)]
 #[command(rename_all = "snake_case")]
@@ -184,6 +186,8 @@ pub fn run(args: &VideoArgs) -> anyhow::Result<()> {
     let (mut written, mut total_delay_ms) = (0usize, 0.0f64);
     let mut first_size = None;
     let mut index = 0usize;
+    // The head-mean maps of every frame, while all frames share one patch grid.
+    let mut means: Option<(usize, usize, Vec<f32>)> = Some((0, 0, Vec::new()));
     while let Some(frame) = source.next_frame().map_err(|e| anyhow::anyhow!("{}: {e}", args.input.display()))? {
         let i = index;
         index += 1;
@@ -209,7 +213,16 @@ pub fn run(args: &VideoArgs) -> anyhow::Result<()> {
         let (_, attn) = features_and_attention(&model, &input, None, &device).map_err(|e| anyhow::anyhow!("{e}"))?;
         let maps = attention_maps(attn.into_data(), &model, &input).map_err(|e| anyhow::anyhow!("frame {i}: {e}"))?;
         let (gh, gw) = (maps.grid_h, maps.grid_w);
-        let heat = heatmap(&maps.mean(), gh, gw, patch);
+        let mean = maps.mean();
+        means = match means.take() {
+            Some((0, 0, v)) if v.is_empty() => Some((gh, gw, mean.clone())),
+            Some((h, w, mut v)) if (h, w) == (gh, gw) => {
+                v.extend_from_slice(&mean);
+                Some((h, w, v))
+            }
+            _ => None,
+        };
+        let heat = heatmap(&mean, gh, gw, patch);
         let n = written;
         save(&heat, &out_dir.join(format!("attn-{n:05}.png")))?;
         // th_attn of the official script: a patch is kept when any head keeps it.
@@ -236,6 +249,15 @@ pub fn run(args: &VideoArgs) -> anyhow::Result<()> {
     }
     anyhow::ensure!(written > 0, "{}: none of its {} frames could be used", args.input.display(), skipped.len());
     gif.finish()?;
+    let npy = out_dir.join("attention.npy");
+    match means {
+        Some((gh, gw, values)) => write_npy(&npy, &[written, gh, gw], &values)?,
+        None => {
+            // A stale array of an earlier clip would be mistaken for this one's.
+            let _ = std::fs::remove_file(&npy);
+            eprintln!("the frames have different patch grids: attention.npy not written (the pictures are)");
+        }
+    }
     if args.mp4 {
         // The GIF's own pace when it had one, else --fps (official 30).
         let fps = args.fps.unwrap_or(if total_delay_ms > 0.0 { 1000.0 * written as f64 / total_delay_ms } else { OFFICIAL_FPS });
