@@ -12,6 +12,8 @@
 
 use image::{Rgb, RgbImage};
 
+use crate::attention_maps::{heatmap, overlay};
+
 /// Patch tokens of one picture: `values` [patches, dim] row-major, on a `grid_h x grid_w` grid.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PatchFeatures {
@@ -173,6 +175,15 @@ impl PatchPca {
                 out
             })
             .collect()
+    }
+
+    /// The PCA view of `picture` as a picture, each patch `patch` pixels: its RGB
+    /// ([`rgb`](Self::rgb)); with `foreground_threshold`, the patches at or below it on the
+    /// first component ([`foreground`](Self::foreground)) are black. `dino pca` and the page draw this.
+    pub fn picture(&self, picture: &PatchFeatures, patch: usize, foreground_threshold: Option<f32>) -> RgbImage {
+        let rgb = self.rgb(picture);
+        let foreground = foreground_threshold.map(|t| rgb.iter().map(|c| c[0] > t).collect::<Vec<bool>>());
+        pca_picture(&rgb, picture.grid_h, picture.grid_w, patch, foreground.as_deref())
     }
 
     /// Foreground by the first component (the DINOv2 demo's background removal): patches whose
@@ -349,6 +360,25 @@ pub fn pca_picture(rgb: &[[f32; 3]], grid_h: usize, grid_w: usize, patch: usize,
         }
         Rgb(rgb[i].map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8))
     })
+}
+
+/// The similarity view: `similarity` ([`patch_similarity`]'s output on the grid of `image`)
+/// coloured and blended over `image` with `opacity`, and the query patch outlined when it lies
+/// in this picture (`query`: (row, col)). `dino similarity` and the page draw this.
+pub fn similarity_picture(
+    image: &RgbImage,
+    similarity: &[f32],
+    grid_h: usize,
+    grid_w: usize,
+    patch: usize,
+    query: Option<(usize, usize)>,
+    opacity: f32,
+) -> RgbImage {
+    let map = overlay(image, &heatmap(similarity, grid_h, grid_w, patch), opacity);
+    match query {
+        Some((row, col)) => mark_patch(&map, row, col, patch),
+        None => map,
+    }
 }
 
 /// `picture` with a `patch x patch` square outline at patch (row, col) (the query of the

@@ -16,7 +16,7 @@ use std::rc::Rc;
 use burn::tensor::Device;
 use dino_shared::attention_maps::{draw_mask, head_color, heatmap, overlay, AttentionMaps};
 use dino_shared::inference::{attention_maps, batch_tensor, checked_block, patch_features};
-use dino_shared::views::{mark_patch, patch_similarity, pca_picture, PatchFeatures, PatchPca};
+use dino_shared::views::{patch_similarity, similarity_picture, PatchFeatures, PatchPca};
 use dino_shared::preprocess::{self};
 use dino_shared::weights::{ArchSpec, WeightsFile};
 use dino_shared::VisionTransformer;
@@ -231,12 +231,8 @@ impl Analysis {
     /// The PCA view as a picture; patches whose first component is at most
     /// `foreground_threshold` are black (a negative threshold keeps every patch).
     pub fn pca_rgba(&self, foreground_threshold: f32) -> Result<Vec<u8>, JsError> {
-        let (g, p) = ((self.maps.grid_h, self.maps.grid_w), self.patch);
-        let picture = self.with_pca(|pca, f| {
-            let fg = (foreground_threshold >= 0.0).then(|| pca.foreground(f, foreground_threshold));
-            pca_picture(&pca.rgb(f), g.0, g.1, p, fg.as_deref())
-        })?;
-        Ok(rgba(&picture))
+        let threshold = (foreground_threshold >= 0.0).then_some(foreground_threshold);
+        Ok(rgba(&self.with_pca(|pca, f| pca.picture(f, self.patch, threshold))?))
     }
     /// Cosine similarity of patch (`row`, `col`) with every patch, [grid_h * grid_w] (as
     /// `dino similarity --query ROW COL`); an error outside the grid.
@@ -246,8 +242,8 @@ impl Analysis {
     /// The similarity map coloured over the picture, the query patch outlined.
     pub fn similarity_rgba(&self, row: usize, col: usize, opacity: f32) -> Result<Vec<u8>, JsError> {
         let sim = self.similarity(row, col)?;
-        let hm = heatmap(&sim, self.maps.grid_h, self.maps.grid_w, self.patch);
-        Ok(rgba(&mark_patch(&overlay(&self.image, &hm, opacity), row, col, self.patch)))
+        let (gh, gw) = (self.maps.grid_h, self.maps.grid_w);
+        Ok(rgba(&similarity_picture(&self.image, &sim, gh, gw, self.patch, Some((row, col)), opacity)))
     }
     /// The model's input picture as RGB bytes, `width() x height()` (what the maps are drawn over).
     pub fn image_rgb(&self) -> Vec<u8> {

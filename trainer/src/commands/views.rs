@@ -5,10 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use dino_shared::attention_maps::{heatmap, overlay};
 use dino_shared::inference::{patch_features, patch_tokens};
 use dino_shared::preprocess::{self, ModelInput};
-use dino_shared::views::{mark_patch, patch_at, patch_similarity, pca_picture, PatchFeatures, PatchPca};
+use dino_shared::views::{mark_patch, patch_at, patch_similarity, similarity_picture, PatchFeatures, PatchPca};
 use dino_shared::VisionTransformer;
 use image::RgbImage;
 
@@ -111,8 +110,7 @@ pub fn run_pca(args: &PcaArgs) -> anyhow::Result<()> {
     let mut labels = Vec::new();
     for (i, (input, f)) in pictures.iter().enumerate() {
         let rgb = pca.rgb(f);
-        let foreground = args.foreground_threshold.map(|t| pca.foreground(f, t));
-        let picture = pca_picture(&rgb, f.grid_h, f.grid_w, patch, foreground.as_deref());
+        let picture = pca.picture(f, patch, args.foreground_threshold);
         save(&input.image, &args.output_dir.join(format!("img{i}.png")))?;
         save(&picture, &args.output_dir.join(format!("pca{i}.png")))?;
         write_npy(&args.output_dir.join(format!("pca_proj{i}.npy")), &[f.grid_h, f.grid_w, k], &flat(&pca.project(f)))?;
@@ -178,8 +176,8 @@ pub fn run_similarity(args: &SimilarityArgs) -> anyhow::Result<()> {
     let marked = mark_patch(&input.image, row, col, patch);
     save(&marked, &args.output_dir.join("query.png"))?;
     save(&input.image, &args.output_dir.join("img.png"))?;
-    let map = overlay(&target_input.image, &heatmap(&sim, gh, gw, patch), 0.6);
-    let map = if target.is_none() { mark_patch(&map, row, col, patch) } else { map };
+    let query_here = target.is_none().then_some((row, col));
+    let map = similarity_picture(&target_input.image, &sim, gh, gw, patch, query_here, 0.6);
     save(&map, &args.output_dir.join("similarity.png"))?;
     let best = sim.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     eprintln!(
