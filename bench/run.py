@@ -81,21 +81,30 @@ class Runner:
         self.py = None if args.ours_only else peer_python()
 
     def run(self, cmd, what):
+        """Runs cmd; returns its stdout. self.peak_mib: the process's peak resident memory (MiB,
+        the kernel's ru_maxrss of that child alone, read by wait4)."""
         log(f"  {what}: {' '.join(os.path.basename(c) if i == 0 else c for i, c in enumerate(cmd))}")
-        p = subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True)
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            p = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=out, stderr=err, text=True)
+            _, status, usage = os.wait4(p.pid, 0)
+            p.returncode = os.waitstatus_to_exitcode(status)
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read(), err.read()
+        self.peak_mib = usage.ru_maxrss / 1024
         if p.returncode != 0:
-            sys.exit(f"{what} failed ({p.returncode}):\n{p.stderr[-3000:]}")
-        return p.stdout
+            sys.exit(f"{what} failed ({p.returncode}):\n{stderr[-3000:]}")
+        return stdout
 
     def ours(self, *args):
         out = self.run([self.dino, "bench", *args], "dino-rs")
-        return json.loads(out.strip().splitlines()[-1])
+        return dict(json.loads(out.strip().splitlines()[-1]), peak_rss_mib=self.peak_mib)
 
     def peer(self, *args):
         if self.py is None:
             return None
         out = self.run([self.py, PEER, "--threads", str(self.args.threads), "--dino", self.dino, *args], "pytorch")
-        return json.loads(out.strip().splitlines()[-1])
+        return dict(json.loads(out.strip().splitlines()[-1]), peak_rss_mib=self.peak_mib)
 
 
 def ratio(a, b):
@@ -114,13 +123,17 @@ def table(header, rows):
     return "\n".join(lines)
 
 
-def side_by_side(r, kind, args, label, key, higher_is_better, scale=1.0, device=True):
-    """Run one case on both sides; returns the table row and the raw results."""
+def side_by_side(r, kind, args, label, key, higher_is_better, scale=1.0, device=True, memory=False):
+    """Run one case on both sides; returns the table row and the raw results. memory: add both
+    processes' peak resident memory (MiB) to the row."""
     o = r.ours(kind, *args, *(["--device", r.args.device] if device else []))
     p = r.peer(kind, *args)
     ov, pv = scale * o[key], (p and scale * p[key])
     speedup = ratio(ov, pv) if higher_is_better else ratio(pv, ov)
-    return [*label, fmt(ov), fmt(pv), speedup], {"ours": o, "pytorch": p}
+    row = [*label, fmt(ov), fmt(pv), speedup]
+    if memory:
+        row += [fmt(o["peak_rss_mib"], 0), fmt(p and p["peak_rss_mib"], 0)]
+    return row, {"ours": o, "pytorch": p}
 
 
 def section_step(r, q):
@@ -131,7 +144,7 @@ def section_step(r, q):
               3 if not q else 1)]
     for label, args, iters in cases:
         row, res = side_by_side(r, "step", [*args, "--iters", str(iters), "--warmup", "1"], [label],
-                                "images_per_s", True)
+                                "images_per_s", True, memory=True)
         rows.append(row)
         raw.append({"case": label, **res})
     # One profiled run of the small step: where the time goes.
@@ -139,8 +152,8 @@ def section_step(r, q):
                   "--device", r.args.device)["profile"]
     total = sum(prof.values())
     prof_rows = [[k, f"{1e3 * v:.1f}", f"{100 * v / total:.1f}%"] for k, v in prof.items()]
-    md = ("### Training step (images/s; ratio = ours / PyTorch)\n\n"
-          + table(["config", "dino-rs", "PyTorch", "ratio"], rows)
+    md = ("### Training step (images/s; ratio = ours / PyTorch; peak resident memory of each process, MiB)\n\n"
+          + table(["config", "dino-rs", "PyTorch", "ratio", "dino-rs MiB", "PyTorch MiB"], rows)
           + "\n\nProfile of one small step (dino-rs, synchronised after each phase):\n\n"
           + table(["phase", "ms", "share"], prof_rows))
     return md, {"cases": raw, "profile": prof}
@@ -151,11 +164,13 @@ def section_infer(r, q):
     for batch, iters in ((1, 10 if not q else 1), (32, 3 if not q else 1)):
         args = ["--arch", "vit_small", "--patch_size", "16", "--image_size", "224", "--batch", str(batch),
                 "--iters", str(iters), "--warmup", "1"]
-        row, res = side_by_side(r, "infer", args, [f"ViT-S/16 224 px, batch {batch}"], "ms_mean", False)
+        row, res = side_by_side(r, "infer", args, [f"ViT-S/16 224 px, batch {batch}"], "ms_mean", False,
+                                memory=True)
         rows.append(row)
         raw.append({"batch": batch, **res})
-    md = ("### Inference with last-layer attention (ms per batch; ratio = PyTorch time / ours)\n\n"
-          + table(["case", "dino-rs ms", "PyTorch ms", "ratio"], rows))
+    md = ("### Inference with last-layer attention (ms per batch; ratio = PyTorch time / ours; peak resident "
+          "memory, MiB)\n\n"
+          + table(["case", "dino-rs ms", "PyTorch ms", "ratio", "dino-rs MiB", "PyTorch MiB"], rows))
     return md, raw
 
 

@@ -57,6 +57,11 @@ enum Command {
     Bench(commands::bench::BenchArgs),
 }
 
+/// mimalloc keeps freed tensor buffers for reuse instead of handing large ones back to the OS
+/// (glibc did, and page faults plus page zeroing were 6% of a training step: BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     let result = match &cli.command {

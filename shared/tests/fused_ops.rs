@@ -1,0 +1,161 @@
+//! The fused autodiff nodes of `patches/burn-autodiff` (softmax, log-softmax, layer norm) against
+//! the same functions composed from Burn's primitive ops (each primitive with its own backward,
+//! as Burn 0.22.1 differentiates them without the patch): forward values and the gradients of
+//! every input, several shapes and axes, within 1e-5.
+
+use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::module::layer_norm;
+use burn::tensor::{Device, Distribution, Tensor};
+
+/// Largest difference over the largest magnitude (absolute when that is below 1): parameter
+/// gradients are sums over thousands of rows, whose float32 rounding is relative to the sum's size.
+const TOL: f32 = 1e-5;
+
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data")
+}
+
+fn assert_close(what: &str, got: Vec<f32>, want: Vec<f32>) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max) / scale;
+    assert!(worst <= TOL, "{what}: max difference {worst:e} > {TOL:e} (relative to the largest value {scale})");
+}
+
+fn device() -> Device {
+    let device = Device::flex().autodiff();
+    device.seed(11);
+    device
+}
+
+/// softmax(x) composed as the default `ActivationOps::softmax` does.
+fn softmax_composed<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
+    let shifted = x.clone() - x.detach().max_dim(dim);
+    let exp = shifted.exp();
+    exp.clone() / exp.sum_dim(dim)
+}
+
+/// log_softmax(x) composed as the default `ActivationOps::log_softmax` does.
+fn log_softmax_composed<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
+    let shifted = x.clone() - x.detach().max_dim(dim);
+    shifted.clone() - shifted.exp().sum_dim(dim).log()
+}
+
+/// Forward and input gradient of `fused` against `composed` for `x` of `shape`, with a random
+/// upstream gradient (the gradient of `sum(y)` through a softmax is zero: it would test nothing).
+fn check_unary<const D: usize>(
+    name: &str,
+    shape: [usize; D],
+    fused: impl Fn(Tensor<D>) -> Tensor<D>,
+    composed: impl Fn(Tensor<D>) -> Tensor<D>,
+) {
+    let device = device();
+    let x0: Tensor<D> = Tensor::random(shape, Distribution::Normal(0.0, 3.0), &device);
+    let w: Tensor<D> = Tensor::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    let run = |f: &dyn Fn(Tensor<D>) -> Tensor<D>| {
+        let x = x0.clone().detach().require_grad();
+        let y = f(x.clone());
+        let grads = (y.clone() * w.clone()).sum().backward();
+        let gx = x.grad(&grads).expect("input gradient");
+        (host(y.inner()), host(gx))
+    };
+    let (y_fused, g_fused) = run(&fused);
+    let (y_composed, g_composed) = run(&composed);
+    assert_close(&format!("{name} {shape:?} forward"), y_fused, y_composed);
+    assert_close(&format!("{name} {shape:?} gradient"), g_fused, g_composed);
+}
+
+#[test]
+fn softmax_node_equals_composed_ops() {
+    check_unary("softmax dim 3", [2, 3, 37, 37], |x| softmax(x, 3), |x| softmax_composed(x, 3));
+    check_unary("softmax dim 1", [4, 5, 7], |x| softmax(x, 1), |x| softmax_composed(x, 1));
+    check_unary("softmax dim 0", [9, 2], |x| softmax(x, 0), |x| softmax_composed(x, 0));
+    check_unary("softmax dim 1", [6, 1024], |x| softmax(x, 1), |x| softmax_composed(x, 1));
+    check_unary("softmax dim 1", [3, 1], |x| softmax(x, 1), |x| softmax_composed(x, 1));
+}
+
+#[test]
+fn log_softmax_node_equals_composed_ops() {
+    check_unary("log_softmax dim 1", [6, 1024], |x| log_softmax(x, 1), |x| log_softmax_composed(x, 1));
+    check_unary("log_softmax dim 2", [2, 3, 65], |x| log_softmax(x, 2), |x| log_softmax_composed(x, 2));
+    check_unary("log_softmax dim 0", [7, 3], |x| log_softmax(x, 0), |x| log_softmax_composed(x, 0));
+}
+
+/// layer_norm composed as the default `ModuleOps::layer_norm` does (biased variance).
+fn layer_norm_composed<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, beta: Option<Tensor<1>>, eps: f64) -> Tensor<D> {
+    let last = D - 1;
+    let centered = x.clone() - x.mean_dim(last);
+    let var = (centered.clone() * centered.clone()).mean_dim(last);
+    let normalized = centered / var.add_scalar(eps).sqrt();
+    let scaled = normalized * gamma.unsqueeze::<D>();
+    match beta {
+        Some(beta) => scaled + beta.unsqueeze::<D>(),
+        None => scaled,
+    }
+}
+
+fn check_layer_norm<const D: usize>(shape: [usize; D], with_beta: bool, eps: f64) {
+    let device = device();
+    let d = shape[D - 1];
+    // An offset and scale per row, as activations have (the centring is then not a no-op).
+    let x0: Tensor<D> = Tensor::random(shape, Distribution::Normal(0.5, 2.0), &device);
+    let gamma0: Tensor<1> = Tensor::random([d], Distribution::Normal(1.0, 0.5), &device);
+    let beta0: Tensor<1> = Tensor::random([d], Distribution::Normal(0.0, 0.5), &device);
+    let w: Tensor<D> = Tensor::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    type Ln<const D: usize> = dyn Fn(Tensor<D>, Tensor<1>, Option<Tensor<1>>) -> Tensor<D>;
+    let run = |f: &Ln<D>| {
+        let x = x0.clone().detach().require_grad();
+        let gamma = gamma0.clone().detach().require_grad();
+        let beta = with_beta.then(|| beta0.clone().detach().require_grad());
+        let y = f(x.clone(), gamma.clone(), beta.clone());
+        let grads = (y.clone() * w.clone()).sum().backward();
+        let mut out = vec![host(y.inner()), host(x.grad(&grads).expect("dx")), host(gamma.grad(&grads).expect("dgamma"))];
+        if let Some(beta) = beta {
+            out.push(host(beta.grad(&grads).expect("dbeta")));
+        }
+        out
+    };
+    let fused = run(&move |x, g, b| layer_norm(x, g, b, eps));
+    let composed = run(&move |x, g, b| layer_norm_composed(x, g, b, eps));
+    let reference = layer_norm_f64(&host(x0), &host(gamma0), &host(beta0), &host(w), d, eps, with_beta);
+    for (i, what) in ["forward", "dx", "dgamma", "dbeta"].iter().enumerate().take(fused.len()) {
+        let scale = reference[i].iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        let err = |v: &[f32]| v.iter().zip(&reference[i]).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max) / scale;
+        let (fused_err, composed_err) = (err(&fused[i]), err(&composed[i]));
+        eprintln!("layer_norm {shape:?} {what}: against float64, fused {fused_err:.1e}, composed {composed_err:.1e}");
+        assert_close(&format!("layer_norm {shape:?} beta {with_beta} {what}"), fused[i].clone(), composed[i].clone());
+        // And no less accurate than the composed ops, measured against float64.
+        assert!(fused_err <= (2.0 * composed_err).max(1e-6), "layer_norm {shape:?} {what}: fused {fused_err:e} vs composed {composed_err:e}");
+    }
+}
+
+/// Layer norm and its gradients in float64 on the host: `[forward, dx, dgamma, dbeta]` for the
+/// upstream gradient `w` (rows of `d` features).
+fn layer_norm_f64(x: &[f32], gamma: &[f32], beta: &[f32], w: &[f32], d: usize, eps: f64, with_beta: bool) -> Vec<Vec<f64>> {
+    let (mut y, mut dx) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+    let (mut dgamma, mut dbeta) = (vec![0.0; d], vec![0.0; d]);
+    for ((xr, wr), (yr, dxr)) in x.chunks(d).zip(w.chunks(d)).zip(y.chunks_mut(d).zip(dx.chunks_mut(d))) {
+        let mean = xr.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
+        let var = xr.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
+        let rstd = 1.0 / (var + eps).sqrt();
+        let xhat: Vec<f64> = xr.iter().map(|&v| (v as f64 - mean) * rstd).collect();
+        let g: Vec<f64> = (0..d).map(|j| wr[j] as f64 * gamma[j] as f64).collect();
+        let g_mean = g.iter().sum::<f64>() / d as f64;
+        let gx_mean = g.iter().zip(&xhat).map(|(a, b)| a * b).sum::<f64>() / d as f64;
+        for j in 0..d {
+            yr[j] = xhat[j] * gamma[j] as f64 + if with_beta { beta[j] as f64 } else { 0.0 };
+            dxr[j] = rstd * (g[j] - g_mean - xhat[j] * gx_mean);
+            dgamma[j] += wr[j] as f64 * xhat[j];
+            dbeta[j] += wr[j] as f64;
+        }
+    }
+    vec![y, dx, dgamma, dbeta]
+}
+
+#[test]
+fn layer_norm_node_equals_composed_ops() {
+    check_layer_norm([64, 37, 96], true, 1e-6);
+    check_layer_norm([5, 384], true, 1e-6);
+    check_layer_norm([2, 3, 7], false, 1e-5);
+    check_layer_norm([1, 1, 4, 16], true, 1e-6);
+}
