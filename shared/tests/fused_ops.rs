@@ -159,3 +159,37 @@ fn layer_norm_node_equals_composed_ops() {
     check_layer_norm([2, 3, 7], false, 1e-5);
     check_layer_norm([1, 1, 4, 16], true, 1e-6);
 }
+
+/// The node with some inputs not requiring a gradient (a frozen scale, a constant input): the
+/// gradients that are asked for equal the composed ops', the others are absent.
+#[test]
+fn layer_norm_node_with_frozen_inputs() {
+    let device = device();
+    let shape = [3, 5, 16];
+    let x0: Tensor<3> = Tensor::random(shape, Distribution::Normal(0.5, 2.0), &device);
+    let gamma0: Tensor<1> = Tensor::random([16], Distribution::Normal(1.0, 0.5), &device);
+    let beta0: Tensor<1> = Tensor::random([16], Distribution::Normal(0.0, 0.5), &device);
+    let w: Tensor<3> = Tensor::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    for (x_grad, gamma_grad) in [(true, false), (false, true), (false, false)] {
+        type Ln = dyn Fn(Tensor<3>, Tensor<1>, Option<Tensor<1>>) -> Tensor<3>;
+        let run = |f: &Ln| {
+            let track = |t: Tensor<3>, on: bool| if on { t.require_grad() } else { t };
+            let x = track(x0.clone().detach(), x_grad);
+            let gamma = if gamma_grad { gamma0.clone().detach().require_grad() } else { gamma0.clone().detach() };
+            let beta = beta0.clone().detach().require_grad();
+            let y = f(x.clone(), gamma.clone(), Some(beta.clone()));
+            let grads = (y * w.clone()).sum().backward();
+            [x.grad(&grads).map(host), gamma.grad(&grads).map(host), beta.grad(&grads).map(host)]
+        };
+        let fused = run(&|x, g, b| layer_norm(x, g, b, 1e-6));
+        let composed = run(&|x, g, b| layer_norm_composed(x, g, b, 1e-6));
+        for (what, (a, b)) in ["dx", "dgamma", "dbeta"].iter().zip(fused.into_iter().zip(composed)) {
+            let case = format!("layer_norm, x tracked {x_grad}, gamma tracked {gamma_grad}: {what}");
+            match (a, b) {
+                (Some(a), Some(b)) => assert_close(&case, a, b),
+                (None, None) => {}
+                (a, b) => panic!("{case}: fused has it {}, composed {}", a.is_some(), b.is_some()),
+            }
+        }
+    }
+}
