@@ -315,29 +315,13 @@ impl<B: Backend, C: CheckpointStrategy> ModuleOps<Autodiff<B, C>> for Autodiff<B
                 grads: &mut Gradients,
                 checkpointer: &mut Checkpointer,
             ) {
-                let [node_x, node_gamma, node_beta] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                let (x_state, gamma_state, epsilon) = ops.state;
-                let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
-                let gamma =
-                    checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(gamma_state);
-                if let Some(node) = node_beta {
-                    grads.register::<B>(node.id, sum_to_last_dim::<B>(grad.clone()));
-                }
-                let (x_grad, gamma_grad) = layer_norm_backward::<B>(
-                    x,
-                    gamma,
-                    grad,
-                    epsilon,
-                    node_x.is_some(),
-                    node_gamma.is_some(),
+                layer_norm_grads::<B>(
+                    ops.parents,
+                    &ops.node,
+                    ops.state,
+                    grads,
+                    checkpointer,
                 );
-                if let (Some(node), Some(g)) = (node_x, x_grad) {
-                    grads.register::<B>(node.id, g);
-                }
-                if let (Some(node), Some(g)) = (node_gamma, gamma_grad) {
-                    grads.register::<B>(node.id, g);
-                }
             }
         }
 
@@ -351,25 +335,13 @@ impl<B: Backend, C: CheckpointStrategy> ModuleOps<Autodiff<B, C>> for Autodiff<B
                 checkpointer: &mut Checkpointer,
             ) {
                 let [node_x, node_gamma] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                let (x_state, gamma_state, epsilon) = ops.state;
-                let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
-                let gamma =
-                    checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(gamma_state);
-                let (x_grad, gamma_grad) = layer_norm_backward::<B>(
-                    x,
-                    gamma,
-                    grad,
-                    epsilon,
-                    node_x.is_some(),
-                    node_gamma.is_some(),
+                layer_norm_grads::<B>(
+                    [node_x, node_gamma, None],
+                    &ops.node,
+                    ops.state,
+                    grads,
+                    checkpointer,
                 );
-                if let (Some(node), Some(g)) = (node_x, x_grad) {
-                    grads.register::<B>(node.id, g);
-                }
-                if let (Some(node), Some(g)) = (node_gamma, gamma_grad) {
-                    grads.register::<B>(node.id, g);
-                }
             }
         }
 
@@ -2337,6 +2309,38 @@ fn sum_to_last_dim<B: Backend>(tensor: FloatTensor<B>) -> FloatTensor<B> {
     let d = shape[rank - 1];
     let summed = (0..rank - 1).rev().fold(tensor, |t, dim| B::float_sum_dim(t, dim));
     B::float_reshape(summed, burn_std::Shape::from(alloc::vec![d]))
+}
+
+/// dino-rs patch: the backward step of the layer-norm node: consumes the output gradient of
+/// `node`, retrieves the saved input and scale (`state`: their checkpoints and epsilon) and
+/// registers the gradient of each parent that has a node (`[x, gamma, beta]`).
+fn layer_norm_grads<B: Backend>(
+    [node_x, node_gamma, node_beta]: [Option<crate::graph::NodeRef>; 3],
+    node: &crate::graph::NodeRef,
+    (x_state, gamma_state, epsilon): (NodeId, NodeId, f64),
+    grads: &mut Gradients,
+    checkpointer: &mut Checkpointer,
+) {
+    let grad = grads.consume::<B>(node);
+    let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
+    let gamma = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(gamma_state);
+    if let Some(node) = node_beta {
+        grads.register::<B>(node.id, sum_to_last_dim::<B>(grad.clone()));
+    }
+    let (x_grad, gamma_grad) = layer_norm_backward::<B>(
+        x,
+        gamma,
+        grad,
+        epsilon,
+        node_x.is_some(),
+        node_gamma.is_some(),
+    );
+    if let (Some(node), Some(g)) = (node_x, x_grad) {
+        grads.register::<B>(node.id, g);
+    }
+    if let (Some(node), Some(g)) = (node_gamma, gamma_grad) {
+        grads.register::<B>(node.id, g);
+    }
 }
 
 /// dino-rs patch: the gradients of `layer_norm(x, gamma, beta, epsilon)` over the last dimension
