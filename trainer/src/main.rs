@@ -57,8 +57,9 @@ enum Command {
     Bench(commands::bench::BenchArgs),
 }
 
-/// mimalloc keeps freed tensor buffers for reuse instead of handing large ones back to the OS
-/// (glibc did, and page faults plus page zeroing were 6% of a training step: BENCHMARKS.md).
+/// mimalloc reuses freed tensor buffers; glibc handed large ones back to the OS at once (page
+/// faults plus page zeroing: 6% of a training step). Measured together with the fused autodiff
+/// nodes and the AVX-512 kernels (BENCHMARKS.md, "Fused autodiff nodes, AVX-512 kernels, mimalloc").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
