@@ -4,10 +4,10 @@
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::softmax;
-use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor};
 
 use crate::init::trunc_normal_linear;
+use crate::linear::{forward_tokens, linear_tokens};
 
 /// Multi-head self-attention (official `vision_transformer.Attention`): `qkv` [C, 3C] (Burn's
 /// [in, out] layout; official key `attn.qkv`), `proj` [C, C], scale head_dim^-0.5.
@@ -48,12 +48,12 @@ impl Attention {
         let take = |i: usize| {
             let w = weight.clone().narrow(1, i * c, c);
             let bias = bias.clone().map(|bias| bias.narrow(0, i * c, c));
-            linear(x.clone(), w, bias).reshape([b, n, h, head_dim]).swap_dims(1, 2)
+            linear_tokens(x.clone(), w, bias).reshape([b, n, h, head_dim]).swap_dims(1, 2)
         };
         let (q, k, v) = (take(0), take(1), take(2));
         let attn = softmax(q.matmul(k.swap_dims(2, 3)).mul_scalar(scale), 3);
         let out = attn.clone().matmul(v).swap_dims(1, 2).reshape([b, n, c]);
-        (self.proj.forward(out), attn)
+        (forward_tokens(&self.proj, out), attn)
     }
 
     /// `x`: [B, N, C] -> [B, N, C] (official `Attention.forward`'s first output).

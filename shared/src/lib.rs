@@ -15,6 +15,7 @@ pub mod head;
 pub mod inference;
 mod init;
 pub mod layouts;
+pub mod linear;
 pub mod pos_embed;
 pub mod preprocess;
 pub mod state_dict;

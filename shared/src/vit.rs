@@ -11,6 +11,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 use crate::attention::Attention;
 use crate::config::{FfnLayer, VitConfig};
 use crate::init::{trunc_normal_linear, trunc_normal_param};
+use crate::linear::forward_tokens;
 use crate::pos_embed::interpolate_pos_encoding;
 
 /// DINO and timm use LayerNorm eps 1e-6 (Burn's default is 1e-5).
@@ -46,7 +47,7 @@ pub struct Mlp {
 impl Mlp {
     /// [B, N, C] -> [B, N, C].
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.fc2.forward(gelu(self.fc1.forward(x)))
+        forward_tokens(&self.fc2, gelu(forward_tokens(&self.fc1, x)))
     }
 }
 
@@ -61,11 +62,11 @@ pub struct SwiGlu {
 impl SwiGlu {
     /// [B, N, C] -> [B, N, C].
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x12 = self.w12.forward(x);
+        let x12 = forward_tokens(&self.w12, x);
         let hidden = x12.dims()[2] / 2;
         let x1 = x12.clone().narrow(2, 0, hidden);
         let x2 = x12.narrow(2, hidden, hidden);
-        self.w3.forward(silu(x1) * x2)
+        forward_tokens(&self.w3, silu(x1) * x2)
     }
 }
 
@@ -363,16 +364,19 @@ mod tests {
         device.seed(7);
         for shape in [[1, 7], [3, 33], [64, 384]] {
             let x: Tensor<2> = Tensor::random(shape, Distribution::Uniform(-6.0, 6.0), &device).require_grad();
+            // A random upstream gradient: the backward must multiply by it, not assume ones.
+            let w: Tensor<2> = Tensor::random(shape, Distribution::Uniform(-2.0, 2.0), &device);
             let y = gelu(x.clone());
-            let grads = y.clone().sum().backward();
+            let grads = (y.clone() * w.clone()).sum().backward();
             let gx = host(x.grad(&grads).unwrap());
-            let (xs, ys) = (host(x.inner()), host(y.inner()));
-            for ((&x, &y), &g) in xs.iter().zip(&ys).zip(&gx) {
+            let (xs, ys, ws) = (host(x.inner()), host(y.inner()), host(w.inner()));
+            for (((&x, &y), &g), &w) in xs.iter().zip(&ys).zip(&gx).zip(&ws) {
                 let x = x as f64;
                 let cdf = 0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
                 let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                let want = w as f64 * (cdf + x * pdf);
                 assert!((y as f64 - x * cdf).abs() <= 1e-5, "gelu({x}) = {y}, want {}", x * cdf);
-                assert!((g as f64 - (cdf + x * pdf)).abs() <= 1e-5, "gelu'({x}) = {g}, want {}", cdf + x * pdf);
+                assert!((g as f64 - want).abs() <= 2e-5, "{w} * gelu'({x}) = {g}, want {want}");
             }
         }
         let nan: Tensor<2> = Tensor::from_data(TensorData::new(vec![f32::NAN, 1.0], [1, 2]), &Device::flex());

@@ -1,10 +1,14 @@
 //! The fused autodiff nodes of `patches/burn-autodiff` (softmax, log-softmax, layer norm) against
 //! the same functions composed from Burn's primitive ops (each primitive with its own backward,
 //! as Burn 0.22.1 differentiates them without the patch): forward values and the gradients of
-//! every input, several shapes and axes, within 1e-5.
+//! every input, several shapes and axes, within 1e-5. Also the vectorisable `exp` of
+//! `patches/burn-flex` (under softmax, log-softmax and GELU's gradient) against float64, and
+//! `dino_shared::linear::linear_tokens` (tokens folded into the rows) against Burn's batched
+//! `linear`.
 
 use burn::tensor::activation::{log_softmax, softmax};
-use burn::tensor::module::layer_norm;
+use burn::tensor::module::{layer_norm, linear};
+use dino_shared::linear::linear_tokens;
 use burn::tensor::{Device, Distribution, Tensor};
 
 /// Largest difference over the largest magnitude (absolute when that is below 1): parameter
@@ -190,6 +194,78 @@ fn layer_norm_node_with_frozen_inputs() {
                 (None, None) => {}
                 (a, b) => panic!("{case}: fused has it {}, composed {}", a.is_some(), b.is_some()),
             }
+        }
+    }
+}
+
+/// `patches/burn-flex`'s `exp_f32` (flex's f32 `exp`, softmax, GELU's gradient) against float64
+/// `exp`: within 2 ulp (2.4e-7 relative) on every 97th float of [-87.3, 88.7], 0 for the
+/// subnormal results below -87.34 and for -inf, +inf above ln(f32::MAX), NaN for NaN; and a
+/// softmax with a -inf entry gives that entry exactly 0.
+#[test]
+fn exp_matches_float64() {
+    let device = Device::flex();
+    let mut xs = Vec::new();
+    let mut x = -87.33f32;
+    while x < 88.72 {
+        xs.push(x);
+        let bits = if x < 0.0 { x.to_bits() - 97 } else { x.to_bits() + 97 };
+        x = if x < 0.0 && x > -1e-30 { 1e-30 } else { f32::from_bits(bits) };
+    }
+    let n = xs.len();
+    xs.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -1000.0, -87.35, 88.73, 0.0, -0.0]);
+    let len = xs.len();
+    let got = host(Tensor::<1>::from_floats(xs.as_slice(), &device).exp());
+    let mut worst = 0.0f64;
+    for (&x, &e) in xs[..n].iter().zip(&got) {
+        let want = (x as f64).exp();
+        worst = worst.max(((e as f64 - want) / want).abs());
+    }
+    assert!(worst <= 2.4e-7, "exp: max relative error {worst:e} over {n} points");
+    let tail = &got[n..len];
+    assert!(tail[0].is_nan(), "exp(NaN) = {}", tail[0]);
+    assert_eq!(&tail[1..], &[f32::INFINITY, 0.0, 0.0, 0.0, f32::INFINITY, 1.0, 1.0]);
+    let p = host(softmax(Tensor::<1>::from_floats([0.5, f32::NEG_INFINITY, -0.5], &device), 0));
+    assert_eq!(p[1], 0.0);
+    assert!((p[0] - 0.731_058_6).abs() <= 1e-7 && (p[2] - 0.268_941_4).abs() <= 1e-7, "softmax {p:?}");
+}
+
+/// `linear_tokens` ([B, N, C] folded to [B * N, C]) against Burn's `linear` on the same [B, N, C]
+/// (a batched product for these shapes): output and the gradients of input, weight and bias,
+/// contiguous and transposed inputs, with and without bias.
+#[test]
+fn linear_tokens_equals_batched_linear() {
+    let device = device();
+    for ([b, n, c], c_out, transposed, with_bias) in
+        [([4, 37, 24], 72, false, true), ([3, 10, 16], 16, true, true), ([2, 5, 8], 12, false, false)]
+    {
+        let x0: Tensor<3> = if transposed {
+            Tensor::<3>::random([b, c, n], Distribution::Normal(0.0, 1.0), &device).swap_dims(1, 2)
+        } else {
+            Tensor::random([b, n, c], Distribution::Normal(0.0, 1.0), &device)
+        };
+        let w0: Tensor<2> = Tensor::random([c, c_out], Distribution::Normal(0.0, 0.5), &device);
+        let b0: Tensor<1> = Tensor::random([c_out], Distribution::Normal(0.0, 0.5), &device);
+        let up: Tensor<3> = Tensor::random([b, n, c_out], Distribution::Normal(0.0, 1.0), &device);
+        type Lin = dyn Fn(Tensor<3>, Tensor<2>, Option<Tensor<1>>) -> Tensor<3>;
+        let run = |f: &Lin| {
+            let x = x0.clone().detach().require_grad();
+            let w = w0.clone().detach().require_grad();
+            let bias = b0.clone().detach().require_grad();
+            let y = f(x.clone(), w.clone(), with_bias.then(|| bias.clone()));
+            let grads = (y.clone() * up.clone()).sum().backward();
+            let gb = bias.grad(&grads).map(host);
+            (host(y.inner()), host(x.grad(&grads).expect("dx")), host(w.grad(&grads).expect("dw")), gb)
+        };
+        let folded = run(&|x, w, b| linear_tokens(x, w, b));
+        let batched = run(&|x, w, b| linear(x, w, b));
+        let case = format!("linear [{b}, {n}, {c}] -> {c_out}, transposed {transposed}, bias {with_bias}");
+        assert_close(&format!("{case}: y"), folded.0, batched.0);
+        assert_close(&format!("{case}: dx"), folded.1, batched.1);
+        assert_close(&format!("{case}: dw"), folded.2, batched.2);
+        assert_eq!(folded.3.is_some(), with_bias, "{case}: bias gradient");
+        if let (Some(a), Some(bb)) = (folded.3, batched.3) {
+            assert_close(&format!("{case}: db"), a, bb);
         }
     }
 }

@@ -162,8 +162,10 @@ where
 // ============================================================================
 
 /// Exponential: e^x
+///
+/// dino-rs patch: f32 through [`exp_f32`] (vectorisable) instead of libm's scalar `expf`.
 pub fn exp(tensor: FlexTensor) -> FlexTensor {
-    unary_op(tensor, |x| x.exp(), |x| x.exp())
+    unary_op(tensor, exp_f32, |x| x.exp())
 }
 
 /// Natural logarithm: ln(x)
@@ -393,6 +395,52 @@ pub fn erf_f32(x: f32) -> f32 {
         q = q * x2 + b;
     }
     x * p / q
+}
+
+/// e^x for f32, branch-free so that loops calling it vectorise.
+///
+/// dino-rs patch: libm's `expf` is a scalar call that keeps every loop around it (softmax,
+/// `exp`, `gelu_backward`) from vectorising; it was 5% of a small ViT's training step. This is
+/// Cephes' `expf` (degree-6 polynomial on the Cody-Waite reduced argument r = x - n ln 2,
+/// |r| <= ln(2)/2), the algorithm of most SIMD math libraries, with the rounding of
+/// x / ln 2 done by the 1.5 * 2^23 shift and 2^n built from exponent bits in two halves so that
+/// n = -126..=128 needs no branch. Measured against float64 exp on 48M points of
+/// [-87.33, 88.72]: max relative error 8.0e-8; at most 1 ulp from the correctly rounded value on
+/// every float of [-20, 0] (softmax's range). 0 below -87.34 (where e^x is subnormal,
+/// < 1.2e-38: flushed to zero; -inf gives 0), +inf above 88.72, NaN for NaN.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = core::f32::consts::LOG2_E;
+    // ln 2 split in two (Cephes C1 + C2) so that n * LN2_HI is exact for |n| <= 128.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5 * 2^23 rounds a float of magnitude < 2^22 to an integer.
+    const ROUND: f32 = 12_582_912.0;
+    const LO: f32 = -87.336_54; // ln(f32::MIN_POSITIVE)
+    const HI: f32 = 88.722_84; // ln(f32::MAX)
+    const P: [f32; 6] = [1.987_569_1e-4, 1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1];
+    // Comparisons with NaN are false: NaN passes through the clamp unchanged.
+    let xc = if x > HI {
+        HI
+    } else if x < LO {
+        LO
+    } else {
+        x
+    };
+    let n = (xc * LOG2E + ROUND) - ROUND;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let mut p = P[0];
+    for c in &P[1..] {
+        p = p * r + c;
+    }
+    let y = p * r * r + r + 1.0;
+    // 2^n = 2^h * 2^(n - h) with both exponents in -63..=64 (normal floats).
+    let n = n as i32;
+    let h = n >> 1;
+    let s1 = f32::from_bits(((h + 127) as u32) << 23);
+    let s2 = f32::from_bits(((n - h + 127) as u32) << 23);
+    let e = y * s1 * s2;
+    if x < LO { 0.0 } else { e }
 }
 
 /// Error function for f64.
