@@ -466,8 +466,8 @@ fn softmax_row_f32_simd<S: macerator::Simd>(input: &[f32], output: &mut [f32]) {
     // here still lands us at memory bandwidth.
     // dino-rs patch: exp in its own loop with the vectorisable `exp_f32` (libm's scalar expf
     // kept this pass scalar), then the sum in the same order as before.
-    for idx in 0..len {
-        output[idx] = crate::ops::unary::exp_f32(input[idx] - max_val);
+    for (o, &x) in output.iter_mut().zip(input) {
+        *o = crate::ops::unary::exp_f32(x - max_val);
     }
     let mut sum = 0.0f32;
     for &e in output.iter() {

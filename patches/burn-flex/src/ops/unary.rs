@@ -394,7 +394,9 @@ pub fn erf_f32(x: f32) -> f32 {
     for b in &BETA[1..] {
         q = q * x2 + b;
     }
-    x * p / q
+    // The rational function overshoots 1 by up to 2.4e-7 near |x| = 4: keep erf in [-1, 1]
+    // (`clamp` passes NaN through).
+    (x * p / q).clamp(-1.0, 1.0)
 }
 
 /// e^x for f32, branch-free so that loops calling it vectorise.
