@@ -8,8 +8,8 @@
 
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::module::{layer_norm, linear};
-use dino_shared::linear::linear_tokens;
 use burn::tensor::{Device, Distribution, Tensor};
+use dino_shared::linear::linear_tokens;
 
 /// Largest difference over the largest magnitude (absolute when that is below 1): parameter
 /// gradients are sums over thousands of rows, whose float32 rounding is relative to the sum's size.

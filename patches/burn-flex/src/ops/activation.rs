@@ -77,12 +77,12 @@ impl ActivationOps<Flex> for Flex {
             gelu_f32_inplace(&mut tensor.storage_mut::<f32>()[..end]);
             return tensor;
         }
-        use crate::ops::unary::{erf_f32, erf_f64};
-        let sqrt2_f32: f32 = core::f32::consts::SQRT_2;
+        use crate::ops::unary::erf_f64;
         let sqrt2_f64: f64 = core::f64::consts::SQRT_2;
+        // The f32 formula of the fast path (`gelu_f32`): the same value whatever the layout.
         unary_op(
             tensor,
-            move |x: f32| 0.5 * x * (1.0 + erf_f32(x / sqrt2_f32)),
+            gelu_f32,
             move |x: f64| 0.5 * x * (1.0 + erf_f64(x / sqrt2_f64)),
         )
     }
@@ -110,20 +110,15 @@ impl ActivationOps<Flex> for Flex {
             let shape = grad.layout().shape().clone();
             return FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(shape), DType::F32);
         }
-        // `exp_f32` (vectorisable) instead of libm's scalar expf.
-        use crate::ops::unary::{erf_f32, erf_f64, exp_f32};
-        let sqrt2_f32: f32 = core::f32::consts::SQRT_2;
+        // The f32 formula of the fast path (`gelu_backward_f32`): the same value whatever the
+        // layout.
+        use crate::ops::unary::erf_f64;
         let sqrt2_f64: f64 = core::f64::consts::SQRT_2;
-        let inv_sqrt_2pi_f32: f32 = 1.0 / (2.0 * core::f32::consts::PI).sqrt();
         let inv_sqrt_2pi_f64: f64 = 1.0 / (2.0 * core::f64::consts::PI).sqrt();
         binary_op(
             x,
             grad,
-            move |x: f32, g| {
-                let cdf = 0.5 * (1.0 + erf_f32(x / sqrt2_f32));
-                let pdf = inv_sqrt_2pi_f32 * exp_f32(-0.5 * x * x);
-                g * (cdf + x * pdf)
-            },
+            gelu_backward_f32,
             move |x: f64, g| {
                 let cdf = 0.5 * (1.0 + erf_f64(x / sqrt2_f64));
                 let pdf = inv_sqrt_2pi_f64 * (-0.5 * x * x).exp();
@@ -344,7 +339,7 @@ fn softmax_rows_f32(input: &[f32], output: &mut [f32], row_len: usize) {
 // (`with_simd`: AVX-512 / AVX2 / SSE on x86, simd128 on wasm), so that the branch-free
 // `erf_f32` and `exp_f32` loops vectorise at the machine's width instead of the baseline's.
 
-/// GELU(x) = 0.5 x (1 + erf(x / sqrt 2)), in place.
+/// GELU(x) = 0.5 x (1 + erf(x / sqrt 2)).
 #[inline(always)]
 fn gelu_f32(x: f32) -> f32 {
     0.5 * x * (1.0 + crate::ops::unary::erf_f32(x * core::f32::consts::FRAC_1_SQRT_2))
@@ -353,7 +348,7 @@ fn gelu_f32(x: f32) -> f32 {
 /// g * GELU'(x) = g * (0.5 (1 + erf(x / sqrt 2)) + x exp(-x^2 / 2) / sqrt(2 pi)).
 #[inline(always)]
 fn gelu_backward_f32(x: f32, g: f32) -> f32 {
-    let inv_sqrt_2pi: f32 = 0.398_942_3;
+    let inv_sqrt_2pi: f32 = 1.0 / (2.0 * core::f32::consts::PI).sqrt();
     let cdf = 0.5 * (1.0 + crate::ops::unary::erf_f32(x * core::f32::consts::FRAC_1_SQRT_2));
     let pdf = inv_sqrt_2pi * crate::ops::unary::exp_f32(-0.5 * x * x);
     g * (cdf + x * pdf)
