@@ -123,17 +123,36 @@ def table(header, rows):
     return "\n".join(lines)
 
 
+def median(values):
+    v = sorted(values)
+    return v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
+
+
 def side_by_side(r, kind, args, label, key, higher_is_better, scale=1.0, device=True, memory=False):
-    """Run one case on both sides; returns the table row and the raw results. memory: add both
-    processes' peak resident memory (MiB) to the row."""
-    o = r.ours(kind, *args, *(["--device", r.args.device] if device else []))
-    p = r.peer(kind, *args)
-    ov, pv = scale * o[key], (p and scale * p[key])
-    speedup = ratio(ov, pv) if higher_is_better else ratio(pv, ov)
+    """Run one case on both sides, --repeat times, alternating (ours, PyTorch, ours, ...) so that
+    each pair shares the machine's state of the moment; returns the table row and the raw results.
+    The row gives each side's median and the median of the pairs' ratios (with their range when
+    repeated): one run's ratio moves by 20-30% on a shared VM. memory: add both processes' peak
+    resident memory (MiB, the largest over the repeats) to the row."""
+    runs = []
+    for _ in range(r.args.repeat):
+        o = r.ours(kind, *args, *(["--device", r.args.device] if device else []))
+        p = r.peer(kind, *args)
+        runs.append({"ours": o, "pytorch": p})
+    ov = median([scale * x["ours"][key] for x in runs])
+    pv = None if runs[0]["pytorch"] is None else median([scale * x["pytorch"][key] for x in runs])
+    ratios = [] if pv is None else [
+        (x["ours"][key] / x["pytorch"][key]) if higher_is_better else (x["pytorch"][key] / x["ours"][key])
+        for x in runs]
+    speedup = "–" if not ratios else f"{median(ratios):.2f}"
+    if len(ratios) > 1:
+        speedup += f" ({min(ratios):.2f}-{max(ratios):.2f})"
     row = [*label, fmt(ov), fmt(pv), speedup]
     if memory:
-        row += [fmt(o["peak_rss_mib"], 0), fmt(p and p["peak_rss_mib"], 0)]
-    return row, {"ours": o, "pytorch": p}
+        row += [fmt(max(x["ours"]["peak_rss_mib"] for x in runs), 0),
+                fmt(None if pv is None else max(x["pytorch"]["peak_rss_mib"] for x in runs), 0)]
+    return row, {"ours": runs[0]["ours"], "pytorch": runs[0]["pytorch"], "repeats": runs,
+                 "ratio_median": median(ratios) if ratios else None}
 
 
 def section_step(r, q):
@@ -321,6 +340,8 @@ def main():
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
     p.add_argument("--ours_only", action="store_true", help="skip the PyTorch peer (no torch needed)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--repeat", type=int, default=3,
+                   help="runs of each timed case per side, alternating; the tables give medians (--quick: 1)")
     p.add_argument("--device", default="cpu", choices=["cpu", "wgpu"],
                    help="dino-rs device (the peer runs on the CPU)")
     p.add_argument("--train_images", type=int, default=6000)
@@ -333,11 +354,16 @@ def main():
     p.add_argument("--dino", help="the dino binary to measure (default: build it with cargo, dev profile as `cargo "
                                   "run`); a copy keeps a long run independent of rebuilds meanwhile")
     a = p.parse_args()
+    if a.repeat < 1:
+        p.error(f"--repeat {a.repeat}: must be at least 1")
+    if a.quick:
+        a.repeat = 1
     r = Runner(a)
     started = datetime.datetime.now(datetime.timezone.utc)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     head = (f"Run {started:%Y-%m-%d %H:%M} UTC on {platform.node()}: {cpu}, {os.cpu_count()} cores, "
-            f"{a.threads} threads for both sides; dino-rs device {a.device}"
+            f"{a.threads} threads for both sides; dino-rs device {a.device}; each timed case run {a.repeat}x per "
+            f"side, alternating (medians; ratio: median of the pairs' ratios, their range in brackets)"
             + ("" if r.py is None else "; peer: " + subprocess.run(
                 [r.py, "-c", "import torch, timm; print(f'torch {torch.__version__}, timm {timm.__version__}')"],
                 capture_output=True, text=True).stdout.strip())

@@ -261,17 +261,14 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
     let rhs_ptr = unsafe { rhs_data.as_ptr().add(rhs.layout().start_offset()) };
 
     let out_shape = Shape::from(vec![m, n]);
-    let mut output = FlexTensor::empty(out_shape, T::dtype());
-    let out_data: &mut [T] = output.storage_mut();
-
     let parallelism = get_parallelism(m, n, k);
 
-    unsafe {
+    gemm_output::<T>(out_shape, |out_data| unsafe {
         gemm_call(
             m,
             n,
             k,
-            out_data.as_mut_ptr(),
+            out_data.as_mut_ptr().cast::<T>(),
             1,
             n as isize,
             lhs_ptr,
@@ -282,9 +279,29 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
             rhs_row_stride,
             parallelism,
         );
-    }
+    })
+}
 
-    output
+/// dino-rs patch: the output of a product, allocated without zero-filling it (as PyTorch's
+/// `at::empty` for `mm`): `fill` gets the uninitialised buffer of `shape.num_elements()`
+/// elements and must write every one of them, which `gemm_call` does (`read_dst = false`: gemm
+/// sets alpha to 0 and never reads `dst`; with k = 0 it writes zeros). The zero fill that
+/// `FlexTensor::empty` did was 5% of a small ViT's training step (`perf`: memset under
+/// `matmul_gemm`).
+fn gemm_output<T: GemmScalar>(
+    shape: Shape,
+    fill: impl FnOnce(&mut [core::mem::MaybeUninit<T>]),
+) -> FlexTensor {
+    let len = shape.num_elements();
+    let mut out: Vec<T> = Vec::with_capacity(len);
+    fill(&mut out.spare_capacity_mut()[..len]);
+    // SAFETY: `fill` initialised all `len` elements (see above); `T` is `Pod`.
+    unsafe { out.set_len(len) };
+    FlexTensor::new(
+        Bytes::from_elems(out),
+        Layout::contiguous(shape),
+        T::dtype(),
+    )
 }
 
 /// Strided gemm call for one matrix. Wraps `gemm::gemm` with GemmScalar zero/one.
@@ -364,13 +381,10 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
     out_dims.push(n);
     let out_shape = Shape::from(out_dims);
 
-    let mut output = FlexTensor::empty(out_shape, T::dtype());
-
     let lhs_data: &[T] = lhs.storage();
     let rhs_data: &[T] = rhs.storage();
     let lhs_start = lhs.layout().start_offset() as isize;
     let rhs_start = rhs.layout().start_offset() as isize;
-    let out_data: &mut [T] = output.storage_mut();
 
     let per_matrix_ops = m.saturating_mul(n).saturating_mul(k);
 
@@ -397,30 +411,47 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
         }
     };
 
-    // Strategy:
-    // 1. Large matrices: let gemm parallelize internally
-    // 2. Small matrices, large batch: parallelize batch loop
-    // 3. Small total work: single-threaded
-    #[cfg(feature = "rayon")]
-    {
-        let total_ops = batch_size.saturating_mul(per_matrix_ops);
-        let prefer_batch_parallel = batch_size >= 4 && total_ops >= BATCH_PARALLEL_THRESHOLD;
+    gemm_output::<T>(out_shape, |out_data| {
+        let run_one = |out_ptr: *mut core::mem::MaybeUninit<T>, b: usize, parallelism| {
+            run_one(out_ptr.cast::<T>(), b, parallelism)
+        };
+        // Strategy:
+        // 1. Large matrices: let gemm parallelize internally
+        // 2. Small matrices, large batch: parallelize batch loop
+        // 3. Small total work: single-threaded
+        #[cfg(feature = "rayon")]
+        {
+            let total_ops = batch_size.saturating_mul(per_matrix_ops);
+            let prefer_batch_parallel = batch_size >= 4 && total_ops >= BATCH_PARALLEL_THRESHOLD;
 
-        if per_matrix_ops >= PARALLEL_THRESHOLD && !prefer_batch_parallel {
-            let parallelism = gemm::Parallelism::Rayon(0);
-            for b in 0..batch_size {
-                run_one(out_data[b * out_matrix_size..].as_mut_ptr(), b, parallelism);
+            if per_matrix_ops >= PARALLEL_THRESHOLD && !prefer_batch_parallel {
+                let parallelism = gemm::Parallelism::Rayon(0);
+                for b in 0..batch_size {
+                    run_one(out_data[b * out_matrix_size..].as_mut_ptr(), b, parallelism);
+                }
+            } else if total_ops >= BATCH_PARALLEL_THRESHOLD && batch_size > 1 {
+                use rayon::prelude::*;
+
+                out_data
+                    .par_chunks_mut(out_matrix_size)
+                    .enumerate()
+                    .for_each(|(b, out_chunk)| {
+                        run_one(out_chunk.as_mut_ptr(), b, gemm::Parallelism::None);
+                    });
+            } else {
+                for b in 0..batch_size {
+                    run_one(
+                        out_data[b * out_matrix_size..].as_mut_ptr(),
+                        b,
+                        gemm::Parallelism::None,
+                    );
+                }
             }
-        } else if total_ops >= BATCH_PARALLEL_THRESHOLD && batch_size > 1 {
-            use rayon::prelude::*;
+        }
 
-            out_data
-                .par_chunks_mut(out_matrix_size)
-                .enumerate()
-                .for_each(|(b, out_chunk)| {
-                    run_one(out_chunk.as_mut_ptr(), b, gemm::Parallelism::None);
-                });
-        } else {
+        #[cfg(not(feature = "rayon"))]
+        {
+            let _ = per_matrix_ops;
             for b in 0..batch_size {
                 run_one(
                     out_data[b * out_matrix_size..].as_mut_ptr(),
@@ -429,21 +460,7 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
                 );
             }
         }
-    }
-
-    #[cfg(not(feature = "rayon"))]
-    {
-        let _ = per_matrix_ops;
-        for b in 0..batch_size {
-            run_one(
-                out_data[b * out_matrix_size..].as_mut_ptr(),
-                b,
-                gemm::Parallelism::None,
-            );
-        }
-    }
-
-    output
+    })
 }
 
 // ============================================================================
