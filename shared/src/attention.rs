@@ -6,6 +6,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
+use crate::autocast::matmul;
 use crate::init::trunc_normal_linear;
 use crate::linear::{forward_tokens, linear_tokens};
 
@@ -51,8 +52,8 @@ impl Attention {
             linear_tokens(x.clone(), w, bias).reshape([b, n, h, head_dim]).swap_dims(1, 2)
         };
         let (q, k, v) = (take(0), take(1), take(2));
-        let attn = softmax(q.matmul(k.swap_dims(2, 3)).mul_scalar(scale), 3);
-        let out = attn.clone().matmul(v).swap_dims(1, 2).reshape([b, n, c]);
+        let attn = softmax(matmul(q, k.swap_dims(2, 3)).mul_scalar(scale), 3);
+        let out = matmul(attn.clone(), v).swap_dims(1, 2).reshape([b, n, c]);
         (forward_tokens(&self.proj, out), attn)
     }
 

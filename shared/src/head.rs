@@ -6,6 +6,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Distribution, Tensor};
 
+use crate::autocast::{linear, matmul};
 use crate::config::HeadConfig;
 use crate::init::trunc_normal_linear;
 
@@ -41,7 +42,7 @@ impl WeightNormLinear {
 
     /// [B, in] -> [B, out] (no bias, as official).
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        x.matmul(self.weight().transpose())
+        matmul(x, self.weight().transpose())
     }
 }
 
@@ -83,7 +84,7 @@ impl DinoHead {
         let last = self.mlp.len() - 1;
         let mut x = x;
         for (i, layer) in self.mlp.iter().enumerate() {
-            x = layer.forward(x);
+            x = linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()));
             if i < last {
                 x = gelu(x);
             }

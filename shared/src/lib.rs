@@ -7,9 +7,11 @@
 //! - [`preprocess`]: image -> normalised tensor, identical on native and web.
 //! - [`attention_maps`]: per-head CLS attention, threshold masks, colour maps and overlays.
 //! - [`views`]: PCA of patch features and patch similarity.
+//! - [`autocast`]: the matrix products in f16 / bf16 for mixed-precision training.
 
 pub mod attention;
 pub mod attention_maps;
+pub mod autocast;
 pub mod config;
 pub mod head;
 pub mod inference;

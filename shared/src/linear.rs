@@ -7,11 +7,11 @@
 //! (PyTorch's `F.linear` does the same fold) and makes the weight gradient one product.
 
 use burn::nn::Linear;
-use burn::tensor::module::linear;
+use crate::autocast::linear;
 use burn::tensor::Tensor;
 
 /// `x W + b` on tokens: x [B, N, C_in], weight [C_in, C_out] (Burn's layout), bias [C_out]
-/// -> [B, N, C_out]. `x` is copied once when not contiguous (as the fold needs).
+/// -> [B, N, C_out], in the [`autocast`](crate::autocast) dtype. `x` is copied once when not contiguous (as the fold needs).
 pub fn linear_tokens(x: Tensor<3>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<3> {
     let [b, n, c] = x.dims();
     let c_out = weight.dims()[1];

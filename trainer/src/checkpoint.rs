@@ -12,6 +12,7 @@ use crate::config::TrainConfig;
 use crate::fsutil::write_atomically;
 use crate::model::Dino;
 use crate::optim::AdamW;
+use crate::scaler::GradScaler;
 use crate::train::TrainState;
 
 fn prefixed(out: &mut StateDict, prefix: &str, sd: StateDict) {
@@ -42,6 +43,10 @@ pub fn save_checkpoint(path: &Path, state: &TrainState, config: &TrainConfig) ->
     meta.insert("vit".into(), serde_json::to_string(state.teacher.backbone.config())?);
     meta.insert("head".into(), serde_json::to_string(state.teacher.head.config())?);
     meta.insert("optimizer_steps".into(), serde_json::to_string(&steps)?);
+    if let Some(scaler) = &state.scaler {
+        // Official checkpoints hold `fp16_scaler` (torch's `GradScaler.state_dict()`).
+        meta.insert("fp16_scaler".into(), serde_json::to_string(scaler)?);
+    }
     write_atomically(path, &serialize_safetensors(&all, ExportDType::F32, meta))
 }
 
@@ -62,5 +67,11 @@ pub fn load_checkpoint(path: &Path, config: &TrainConfig, device: &Device) -> an
     let optimizer = AdamW::from_host(&section(&all, "optimizer"), &steps, device)?;
     let c = all.get("dino_loss.center").ok_or_else(|| bad("no dino_loss.center".into()))?;
     let center = Tensor::from_data(TensorData::new(c.data.clone(), c.shape.clone()), device);
-    Ok(TrainState { epoch, student, teacher, optimizer, center })
+    // `--use_fp16`: the scaler as saved; a fresh one when the checkpoint was written without it.
+    let scaler = match (config.use_fp16, meta.get("fp16_scaler")) {
+        (false, _) => None,
+        (true, None) => Some(GradScaler::default()),
+        (true, Some(s)) => Some(serde_json::from_str(s).map_err(|e| bad(format!("fp16_scaler: {e}")))?),
+    };
+    Ok(TrainState { epoch, student, teacher, optimizer, center, scaler })
 }

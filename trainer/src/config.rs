@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use burn::tensor::FloatDType;
 use serde::{Deserialize, Serialize};
 
 use crate::augment::MultiCrop;
@@ -71,6 +72,12 @@ pub struct TrainConfig {
     /// Per-tensor gradient norm clipping (official 3.0; 0 disables).
     #[arg(long)]
     pub clip_grad: f64,
+    /// Matrix products in f16 with dynamic loss scaling, the rest in f32: true or false (official true, torch.cuda.amp; false here: f16 pays on GPUs, on the CPU it is slower).
+    #[arg(long, action = clap::ArgAction::Set)]
+    pub use_fp16: bool,
+    /// Matrix products in bf16, the rest in f32, no loss scaling: true or false (not official; for GPUs with bf16 units; WGSL has no bf16, so not on --device wgpu).
+    #[arg(long, action = clap::ArgAction::Set)]
+    pub use_bf16: bool,
     /// Pictures per micro-batch (official 64 per GPU); a step takes --accum_iter of them.
     #[arg(long)]
     pub batch_size_per_gpu: usize,
@@ -175,6 +182,8 @@ impl Default for TrainConfig {
             weight_decay: 0.04,
             weight_decay_end: 0.4,
             clip_grad: 3.0,
+            use_fp16: false,
+            use_bf16: false,
             batch_size_per_gpu: 64,
             epochs: 100,
             freeze_last_layer: 1,
@@ -270,6 +279,18 @@ impl Preset {
 
 impl TrainConfig {
     /// The pictures of one optimizer step: `batch_size_per_gpu x accum_iter`.
+    /// The dtype of the model's matrix products under `--use_fp16` / `--use_bf16` (`None`: f32;
+    /// `dino_shared::autocast`).
+    pub fn autocast(&self) -> Option<FloatDType> {
+        if self.use_fp16 {
+            Some(FloatDType::F16)
+        } else if self.use_bf16 {
+            Some(FloatDType::BF16)
+        } else {
+            None
+        }
+    }
+
     pub fn step_batch(&self) -> usize {
         self.batch_size_per_gpu * self.accum_iter
     }
@@ -353,6 +374,7 @@ impl TrainConfig {
         finite_nonneg("--weight_decay", self.weight_decay)?;
         finite_nonneg("--weight_decay_end", self.weight_decay_end)?;
         finite_nonneg("--clip_grad", self.clip_grad)?;
+        ensure!(!(self.use_fp16 && self.use_bf16), "--use_fp16 and --use_bf16 are exclusive: choose one");
         ensure!((0.0..=1.0).contains(&self.momentum_teacher), "--momentum_teacher must be in [0, 1], got {}", self.momentum_teacher);
         for (flag, t) in [("--teacher_temp", self.teacher_temp), ("--warmup_teacher_temp", self.warmup_teacher_temp)] {
             ensure!(t.is_finite() && t > 0.0, "{flag} must be a positive number, got {t}");

@@ -1,7 +1,7 @@
 //! `--device`: wgpu (any GPU through Vulkan / Metal / DX12, NVIDIA ones included) or
 //! cpu (Burn's flex backend). Without a usable GPU adapter we fall back to cpu and say so.
 
-use burn::tensor::Device;
+use burn::tensor::{Device, FloatDType};
 use clap::ValueEnum;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
@@ -48,6 +48,20 @@ pub fn replicas(requested: usize, device: &Device) -> usize {
         0 => 1,
         n => n,
     }
+}
+
+/// The matrix-product dtype of `--use_fp16` / `--use_bf16` on `device`: an error naming the
+/// flag when the device cannot compute in it (wgpu: WGSL has no bf16, and f16 needs the
+/// adapter's `shader-f16` feature).
+pub fn check_autocast(device: &Device, dtype: Option<FloatDType>) -> anyhow::Result<()> {
+    let Some(dtype) = dtype else { return Ok(()) };
+    let flag = if dtype == FloatDType::F16 { "--use_fp16" } else { "--use_bf16" };
+    anyhow::ensure!(
+        device.supports_dtype(dtype),
+        "{flag}: this device ({}) has no {dtype:?} arithmetic; use --device cpu or drop {flag}",
+        if is_cpu(device) { "cpu" } else { "wgpu" }
+    );
+    Ok(())
 }
 
 fn cpu(why: &str) -> Device {

@@ -16,6 +16,7 @@ mod npy;
 mod optim;
 mod plot;
 mod profile;
+mod scaler;
 mod schedule;
 mod step;
 mod train;

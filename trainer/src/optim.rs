@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{FloatDType, Tensor, TensorData};
 use dino_shared::state_dict::{HostTensor, ModulePath, StateDict};
 
 pub const BETA1: f64 = 0.9;
@@ -42,6 +42,8 @@ pub struct Step {
     pub teacher_temp: f64,
     pub clip_grad: f64,
     pub freeze_last_layer: bool,
+    /// The dtype of the forward's matrix products (`--use_fp16` / `--use_bf16`; `None`: f32).
+    pub autocast: Option<FloatDType>,
 }
 
 struct Update<'a> {
@@ -183,6 +185,7 @@ mod tests {
                 teacher_temp: 0.04,
                 clip_grad: 3.0,
                 freeze_last_layer: false,
+                autocast: None,
             };
             m = opt.step(m, grads, &step);
             let host = |t: Tensor<2>| t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();

@@ -21,6 +21,7 @@ use crate::model::Dino;
 use crate::optim::{AdamW, Step};
 use crate::plot::{training_curves, TrainingCurves};
 use crate::profile::Phases;
+use crate::scaler::GradScaler;
 use crate::schedule::{cosine_scheduler, teacher_temp_schedule};
 use crate::step::{train_step, Crops, Parallelism};
 
@@ -49,12 +50,15 @@ pub struct TrainState {
     pub optimizer: AdamW,
     /// The DINO loss centre, [1, out_dim].
     pub center: Tensor<2>,
+    /// The loss scaler of `--use_fp16` (official `fp16_scaler`); `None` otherwise.
+    pub scaler: Option<GradScaler>,
 }
 
 impl TrainState {
     /// A fresh run: the student initialised from `cfg.seed`, the teacher equal to it (official:
     /// `teacher_without_ddp.load_state_dict(student.module.state_dict())`), centre 0.
     pub fn new(cfg: &TrainConfig, device: &Device) -> anyhow::Result<Self> {
+        crate::device::check_autocast(device, cfg.autocast())?;
         let ad = device.clone().autodiff();
         device.seed(cfg.seed);
         ad.seed(cfg.seed);
@@ -62,7 +66,10 @@ impl TrainState {
         let student = Dino::new(&vit, &cfg.head(vit.embed_dim), &ad);
         // Plain tensors: the teacher never gets a gradient.
         let teacher = student.valid();
-        Ok(Self { epoch: 0, student, teacher, optimizer: AdamW::default(), center: Tensor::zeros([1, cfg.out_dim], device) })
+        Ok(Self { epoch: 0, student, teacher, optimizer: AdamW::default(),
+            center: Tensor::zeros([1, cfg.out_dim], device),
+            scaler: cfg.use_fp16.then(GradScaler::default),
+        })
     }
 }
 
@@ -102,6 +109,7 @@ impl Schedules {
             teacher_temp: last(&self.teacher_temp),
             clip_grad: cfg.clip_grad,
             freeze_last_layer: it / self.iters_per_epoch.max(1) < cfg.freeze_last_layer,
+            autocast: cfg.autocast(),
         }
     }
 }
@@ -129,6 +137,12 @@ pub struct EpochLog {
     pub images_per_s: f64,
     pub seconds: f64,
     pub skipped_files: usize,
+    /// `--use_fp16`: the loss scale at the end of the epoch (official `fp16_scaler`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
+    /// `--use_fp16`: steps of the epoch the optimizer skipped (a gradient held an inf or a NaN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped_steps: Option<usize>,
     /// Loss of every iteration (for the curve and for resume checks).
     pub iter_losses: Vec<f64>,
 }
@@ -241,6 +255,7 @@ fn train_one_epoch(
     bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
     let start = Instant::now();
     let (mut losses, mut entropies, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
+    let mut skipped_steps = 0usize;
     let mut images = 0usize;
     let mut last = schedules.at(epoch * schedules.iters_per_epoch, cfg);
     let mut phases = Phases::new(cfg.profile, ad);
@@ -275,6 +290,7 @@ fn train_one_epoch(
         };
         losses.push(values.loss);
         entropies.push(values.teacher_entropy);
+        skipped_steps += usize::from(values.skipped);
         images += batch_images;
         *iterations_done += 1;
         last = step;
@@ -294,6 +310,7 @@ fn train_one_epoch(
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (train_loss, teacher_entropy) = (mean(&losses), mean(&entropies));
+    let loss_scale = state.scaler.map(|s| s.scale);
     Ok((
         state,
         Some(EpochLog {
@@ -309,6 +326,8 @@ fn train_one_epoch(
             images_per_s: images as f64 / seconds,
             seconds,
             skipped_files: skipped.len(),
+            loss_scale,
+            skipped_steps: loss_scale.map(|_| skipped_steps),
             iter_losses: losses,
         }),
     ))

@@ -9,7 +9,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Distribution, FloatDType, Tensor};
+use dino_shared::autocast::autocast;
 use dino_shared::{VisionTransformer, VitConfig};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -63,6 +64,12 @@ pub struct StepArgs {
     pub profile: bool,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
+    /// Matrix products in f16 with loss scaling (as `dino train --use_fp16`): true or false.
+    #[arg(long, action = clap::ArgAction::Set, default_value_t = false)]
+    pub use_fp16: bool,
+    /// Matrix products in bf16 (as `dino train --use_bf16`): true or false.
+    #[arg(long, action = clap::ArgAction::Set, default_value_t = false)]
+    pub use_bf16: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -82,6 +89,12 @@ pub struct InferArgs {
     pub warmup: usize,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
+    /// Matrix products in f16 (as under `dino train --use_fp16`): true or false.
+    #[arg(long, action = clap::ArgAction::Set, default_value_t = false)]
+    pub use_fp16: bool,
+    /// Matrix products in bf16 (as under `dino train --use_bf16`): true or false.
+    #[arg(long, action = clap::ArgAction::Set, default_value_t = false)]
+    pub use_bf16: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -121,6 +134,15 @@ fn backend_name(device: &Device) -> &'static str {
     ["wgpu", "flex"].into_iter().find(|b| d.contains(b)).map_or("?", |b| if b == "flex" { "cpu" } else { b })
 }
 
+/// "f32", "f16" or "bf16": the dtype of the matrix products.
+fn precision_name(dtype: Option<FloatDType>) -> &'static str {
+    match dtype {
+        Some(FloatDType::F16) => "f16",
+        Some(FloatDType::BF16) => "bf16",
+        _ => "f32",
+    }
+}
+
 fn step(a: &StepArgs) -> anyhow::Result<serde_json::Value> {
     let mut cfg = a.preset.config();
     if let Some(b) = a.batch_size_per_gpu {
@@ -129,6 +151,7 @@ fn step(a: &StepArgs) -> anyhow::Result<serde_json::Value> {
     if let Some(n) = a.local_crops_number {
         cfg.local_crops_number = n;
     }
+    (cfg.use_fp16, cfg.use_bf16) = (a.use_fp16, a.use_bf16);
     cfg.validate()?;
     let device = device::select(a.device);
     let ad = device.clone().autodiff();
@@ -146,6 +169,7 @@ fn step(a: &StepArgs) -> anyhow::Result<serde_json::Value> {
         teacher_temp: cfg.teacher_temp,
         clip_grad: cfg.clip_grad,
         freeze_last_layer: false,
+        autocast: cfg.autocast(),
     };
     let replicas = device::replicas(a.replicas, &device);
     let mut phases = Phases::new(a.profile, &ad);
@@ -169,7 +193,7 @@ fn step(a: &StepArgs) -> anyhow::Result<serde_json::Value> {
         phases.times.iter().map(|(k, t)| (k.to_string(), json!(t / a.iters as f64))).collect();
     Ok(json!({
         "bench": "step", "impl": "dino-rs", "backend": backend_name(&device),
-        "arch": vit.arch_name(), "batch": b, "replicas": replicas, "global": g, "local": l, "local_crops": n, "out_dim": cfg.out_dim,
+        "arch": vit.arch_name(), "precision": precision_name(cfg.autocast()), "batch": b, "replicas": replicas, "global": g, "local": l, "local_crops": n, "out_dim": cfg.out_dim,
         "iters": a.iters, "seconds_per_step": secs / a.iters as f64,
         "images_per_s": (b * a.iters) as f64 / secs, "profile": profile,
     }))
@@ -179,7 +203,10 @@ fn infer(a: &InferArgs) -> anyhow::Result<serde_json::Value> {
     let mut vit = VitConfig::from_arch(&a.arch, a.patch_size)
         .ok_or_else(|| anyhow::anyhow!("unknown --arch {} (vit_tiny, vit_small, vit_base)", a.arch))?;
     vit.img_size = a.image_size;
+    anyhow::ensure!(!(a.use_fp16 && a.use_bf16), "--use_fp16 and --use_bf16 are exclusive: choose one");
+    let dtype = if a.use_fp16 { Some(FloatDType::F16) } else if a.use_bf16 { Some(FloatDType::BF16) } else { None };
     let device = device::select(a.device);
+    device::check_autocast(&device, dtype)?;
     device.seed(0);
     let model = VisionTransformer::new(&vit, &device);
     let s = a.image_size;
@@ -187,7 +214,7 @@ fn infer(a: &InferArgs) -> anyhow::Result<serde_json::Value> {
     let mut times = Vec::new();
     for i in 0..a.warmup + a.iters {
         let start = Instant::now();
-        let (cls, attn) = model.forward_with_last_attention(x.clone());
+        let (cls, attn) = autocast(dtype, || model.forward_with_last_attention(x.clone()));
         // Read both back: the page and `dino attention` need them on the host.
         let _ = cls.into_data();
         let _ = attn.into_data();
@@ -199,7 +226,7 @@ fn infer(a: &InferArgs) -> anyhow::Result<serde_json::Value> {
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     Ok(json!({
         "bench": "infer", "impl": "dino-rs", "backend": backend_name(&device), "arch": vit.arch_name(),
-        "image_size": s, "batch": a.batch, "iters": a.iters,
+        "precision": precision_name(dtype), "image_size": s, "batch": a.batch, "iters": a.iters,
         "ms_mean": mean, "ms_median": times[times.len() / 2], "images_per_s": a.batch as f64 * 1e3 / mean,
     }))
 }
