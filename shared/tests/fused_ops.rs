@@ -8,7 +8,7 @@
 
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::module::{layer_norm, linear};
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use dino_shared::linear::linear_tokens;
 
 /// Largest difference over the largest magnitude (absolute when that is below 1): parameter
@@ -267,5 +267,44 @@ fn linear_tokens_equals_batched_linear() {
         if let (Some(a), Some(bb)) = (folded.3, batched.3) {
             assert_close(&format!("{case}: db"), a, bb);
         }
+    }
+}
+
+/// Products write their output without zero-filling it first (burn-flex patch `gemm_output`):
+/// every element must still be written, for 2-D and batched products, strided inputs and an
+/// empty inner dimension (k = 0 gives zeros), checked against a float64 product on the host.
+#[test]
+fn matmul_outputs_are_written_whole() {
+    let device = Device::flex();
+    let reference = |a: &[f32], b: &[f32], batch: usize, m: usize, k: usize, n: usize| -> Vec<f32> {
+        let mut out = vec![0f32; batch * m * n];
+        for p in 0..batch {
+            for i in 0..m {
+                for j in 0..n {
+                    let s: f64 = (0..k).map(|t| a[(p * m + i) * k + t] as f64 * b[(p * k + t) * n + j] as f64).sum();
+                    out[(p * m + i) * n + j] = s as f32;
+                }
+            }
+        }
+        out
+    };
+    for (batch, m, k, n) in [(1, 37, 24, 72), (6, 37, 32, 37), (3, 5, 0, 4), (1, 7, 0, 3), (2, 64, 96, 288)] {
+        // Fill the allocator's free lists with non-zero garbage first, so that a product that
+        // skipped an element would show it.
+        drop(Tensor::<1>::full([batch * m * n + 64], f32::NAN, &device).into_data());
+        let a: Tensor<3> = Tensor::random([batch, m, k], Distribution::Normal(0.0, 1.0), &device);
+        let bt: Tensor<3> = Tensor::random([batch, n, k], Distribution::Normal(0.0, 1.0), &device);
+        let b = bt.clone().swap_dims(1, 2); // strided rhs
+        let want = reference(&host(a.clone()), &host(b.clone()), batch, m, k, n);
+        let got = if batch == 1 {
+            // 2-D product (Burn's reshape reads a 0 as "keep this dimension": slice instead).
+            let a2: Tensor<2> = Tensor::from_data(TensorData::new(host(a), [m, k]), &device);
+            let b2: Tensor<2> = Tensor::from_data(TensorData::new(host(bt.clone().slice([0..1]).squeeze_dim::<2>(0)), [n, k]), &device);
+            host(a2.matmul(b2.transpose()))
+        } else {
+            host(a.matmul(b))
+        };
+        let worst = got.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(got.iter().all(|v| v.is_finite()) && worst <= 1e-4, "[{batch}, {m}, {k}] x [{k}, {n}]: max difference {worst}");
     }
 }
