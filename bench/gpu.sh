@@ -12,8 +12,9 @@
 #   QUICK=1 bench/gpu.sh ...             tiny sizes (a check of the script on lavapipe)
 #   BATCHES="8 32 128" ITERS=10 ...      the step's batch sizes and timed iterations
 #
-# Deviation: our side is f32 only (Burn has no autocast; a bf16 step is not implemented yet), so
-# the bf16 column is the peer's.
+# Precision: ours runs f32 and f16 (`--use_fp16 true`: f16 products with loss scaling; WGSL has no
+# bf16, so `--use_bf16` is for the cpu only); the peer fp32 and bf16 autocast. The table puts
+# ours-f16 beside the peer's bf16 (both 16-bit products, f32 master weights).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 dino="${1:-target/release/dino}"
@@ -59,12 +60,14 @@ run() { # label, command...
 "$dino" bench infer --device wgpu --image_size 32 --iters 1 --warmup 0 2>&1 | grep -m1 "device:" | tee "$out/adapter.txt"
 for b in $BATCHES; do
   run "step ours wgpu f32 b$b" "$dino" bench step --preset "$PRESET" --batch_size_per_gpu "$b" --device wgpu --iters "$ITERS" --warmup "$WARMUP"
+  run "step ours wgpu f16 b$b" "$dino" bench step --preset "$PRESET" --batch_size_per_gpu "$b" --device wgpu --use_fp16 true --iters "$ITERS" --warmup "$WARMUP"
   for dt in fp32 bf16; do
     run "step peer $cuda $dt b$b" $py bench/peer.py --dino "$dino" step --preset "$PRESET" --batch_size_per_gpu "$b" --device "$cuda" --dtype "$dt" --iters "$ITERS" --warmup "$WARMUP"
   done
 done
 for b in $INFER_BATCHES; do
   run "infer ours wgpu f32 b$b" "$dino" bench infer --image_size "$IMG" --batch "$b" --device wgpu --iters "$ITERS" --warmup "$WARMUP"
+  run "infer ours wgpu f16 b$b" "$dino" bench infer --image_size "$IMG" --batch "$b" --device wgpu --use_fp16 true --iters "$ITERS" --warmup "$WARMUP"
   for dt in fp32 bf16; do
     run "infer peer $cuda $dt b$b" $py bench/peer.py infer --image_size "$IMG" --batch "$b" --device "$cuda" --dtype "$dt" --iters "$ITERS" --warmup "$WARMUP"
   done
@@ -77,15 +80,17 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 def ips(case):
     r = next((r for r in rows if r.get("case") == case), None)
     return None if r is None or "error" in r else r.get("images_per_s")
-lines = ["| case | ours (wgpu, f32) img/s | peer fp32 img/s | peer bf16 img/s | ours / fp32 | ours / bf16 |", "|---|---|---|---|---|---|"]
+lines = ["| case | ours f32 img/s | ours f16 img/s | peer fp32 img/s | peer bf16 img/s | ours f32 / peer fp32 | ours f16 / peer bf16 |",
+         "|---|---|---|---|---|---|---|"]
 cases = sorted({" ".join(r["case"].split()[:1] + r["case"].split()[-1:]) for r in rows})
 for kind_b in cases:
     kind, b = kind_b.split()
     dev = next((r["case"].split()[2] for r in rows if r["case"].startswith(f"{kind} peer") and r["case"].endswith(b)), "cuda")
-    o, f, h = ips(f"{kind} ours wgpu f32 {b}"), ips(f"{kind} peer {dev} fp32 {b}"), ips(f"{kind} peer {dev} bf16 {b}")
+    o, o16 = ips(f"{kind} ours wgpu f32 {b}"), ips(f"{kind} ours wgpu f16 {b}")
+    f, h = ips(f"{kind} peer {dev} fp32 {b}"), ips(f"{kind} peer {dev} bf16 {b}")
     fmt = lambda v: "failed" if v is None else f"{v:.1f}"
     ratio = lambda a, c: "–" if a is None or c is None else f"{a / c:.2f}x"
-    lines.append(f"| {kind} {b} | {fmt(o)} | {fmt(f)} | {fmt(h)} | {ratio(o, f)} | {ratio(o, h)} |")
+    lines.append(f"| {kind} {b} | {fmt(o)} | {fmt(o16)} | {fmt(f)} | {fmt(h)} | {ratio(o, f)} | {ratio(o16, h)} |")
 open(sys.argv[2], "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 EOF
