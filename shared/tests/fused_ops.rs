@@ -8,7 +8,7 @@
 
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::module::{layer_norm, linear};
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, FloatDType, Tensor, TensorData};
 use dino_shared::linear::linear_tokens;
 
 /// Largest difference over the largest magnitude (absolute when that is below 1): parameter
@@ -288,7 +288,11 @@ fn matmul_outputs_are_written_whole() {
         }
         out
     };
-    for (batch, m, k, n) in [(1, 37, 24, 72), (6, 37, 32, 37), (3, 5, 0, 4), (1, 7, 0, 3), (2, 64, 96, 288)] {
+    // Shapes for each of gemm's paths: packed kernels, batched, k = 0, m = 1 and n = 1 (gemv),
+    // k <= 2 (outer products), small m x n with a column-major rhs (the horizontal kernel).
+    let shapes = [(1, 37, 24, 72), (6, 37, 32, 37), (3, 5, 0, 4), (1, 7, 0, 3), (2, 64, 96, 288), (1, 1, 16, 40), (1, 40, 16, 1), (2, 9, 2, 7), (1, 8, 1, 8), (1, 12, 20, 16)];
+    for (dtype, tol) in [(FloatDType::F32, 1e-4f32), (FloatDType::F16, 0.1)] {
+    for (batch, m, k, n) in shapes {
         // Fill the allocator's free lists with non-zero garbage first, so that a product that
         // skipped an element would show it.
         drop(Tensor::<1>::full([batch * m * n + 64], f32::NAN, &device).into_data());
@@ -300,11 +304,12 @@ fn matmul_outputs_are_written_whole() {
             // 2-D product (Burn's reshape reads a 0 as "keep this dimension": slice instead).
             let a2: Tensor<2> = Tensor::from_data(TensorData::new(host(a), [m, k]), &device);
             let b2: Tensor<2> = Tensor::from_data(TensorData::new(host(bt.clone().slice([0..1]).squeeze_dim::<2>(0)), [n, k]), &device);
-            host(a2.matmul(b2.transpose()))
+            host(a2.cast(dtype).matmul(b2.transpose().cast(dtype)).cast(FloatDType::F32))
         } else {
-            host(a.matmul(b))
+            host(a.cast(dtype).matmul(b.cast(dtype)).cast(FloatDType::F32))
         };
         let worst = got.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-        assert!(got.iter().all(|v| v.is_finite()) && worst <= 1e-4, "[{batch}, {m}, {k}] x [{k}, {n}]: max difference {worst}");
+        assert!(got.iter().all(|v| v.is_finite()) && worst <= tol, "{dtype:?} [{batch}, {m}, {k}] x [{k}, {n}]: max difference {worst}");
+    }
     }
 }

@@ -71,7 +71,11 @@ pub fn load_checkpoint(path: &Path, config: &TrainConfig, device: &Device) -> an
     let scaler = match (config.use_fp16, meta.get("fp16_scaler")) {
         (false, _) => None,
         (true, None) => Some(GradScaler::default()),
-        (true, Some(s)) => Some(serde_json::from_str(s).map_err(|e| bad(format!("fp16_scaler: {e}")))?),
+        (true, Some(s)) => {
+            let scaler: GradScaler = serde_json::from_str(s).map_err(|e| bad(format!("fp16_scaler: {e}")))?;
+            scaler.validate().map_err(|e| bad(format!("fp16_scaler: {e}")))?;
+            Some(scaler)
+        }
     };
     Ok(TrainState { epoch, student, teacher, optimizer, center, scaler })
 }

@@ -36,6 +36,17 @@ impl Default for GradScaler {
 }
 
 impl GradScaler {
+    /// A state the update rule can reach: a finite scale > 0, a tracker below the interval.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.scale.is_finite() && self.scale > 0.0) {
+            return Err(format!("scale must be a finite number > 0, got {}", self.scale));
+        }
+        if self.growth_tracker >= GROWTH_INTERVAL {
+            return Err(format!("growth_tracker must be below {GROWTH_INTERVAL}, got {}", self.growth_tracker));
+        }
+        Ok(())
+    }
+
     /// After a step: `found_inf` says whether any gradient was inf or NaN (torch's `update`).
     pub fn update(&mut self, found_inf: bool) {
         if found_inf {
@@ -100,5 +111,14 @@ mod tests {
         s.update(false);
         s.update(true);
         assert_eq!((s.scale, s.growth_tracker), (32768.0, 0));
+    }
+
+    /// A checkpoint's scaler must be one the rule can reach (else: a one-line error on resume).
+    #[test]
+    fn unreachable_states_are_refused() {
+        assert!(GradScaler::default().validate().is_ok());
+        for (scale, growth_tracker) in [(0.0, 0), (-1.0, 0), (f64::NAN, 0), (f64::INFINITY, 0), (1.0, GROWTH_INTERVAL)] {
+            assert!(GradScaler { scale, growth_tracker }.validate().is_err(), "{scale} {growth_tracker}");
+        }
     }
 }

@@ -15,7 +15,10 @@
 //! around them and the loss); with f16 the loss is multiplied by the scaler's scale before the
 //! backward and the gradients are divided by it after the all-reduce; a step with an inf or NaN
 //! gradient is skipped by the optimizer (`scaler.rs`). The centre and the EMA are updated either
-//! way, as official.
+//! way, as official. With several replicas or micro-batches each part's loss carries its share
+//! of the batch (n / b) before the scale, so a part's f16 gradients are n / b of what one torch
+//! DDP rank (whose loss is its own mean) has at the same scale: the dynamic scale settles that
+//! many times higher; the summed, unscaled gradient is the same.
 //!
 //! Gradient accumulation (`accum_iter` > 1) splits the batch further into micro-batches that a
 //! replica runs one after the other, summing their gradients the same way: an effective batch
@@ -212,7 +215,8 @@ pub fn train_step(
     if !value.is_finite() {
         return (state, Err(value));
     }
-    let skipped = loss_scale.is_some() && value_at(2) != 0.0;
+    // Tensors with an inf or a NaN (absent: no gradients, nothing to skip).
+    let skipped = loss_scale.is_some() && value_at(2) > 0.0;
     if let Some(scaler) = state.scaler.as_mut() {
         scaler.update(skipped);
     }

@@ -58,7 +58,6 @@ impl TrainState {
     /// A fresh run: the student initialised from `cfg.seed`, the teacher equal to it (official:
     /// `teacher_without_ddp.load_state_dict(student.module.state_dict())`), centre 0.
     pub fn new(cfg: &TrainConfig, device: &Device) -> anyhow::Result<Self> {
-        crate::device::check_autocast(device, cfg.autocast())?;
         let ad = device.clone().autodiff();
         device.seed(cfg.seed);
         ad.seed(cfg.seed);
@@ -353,6 +352,8 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
     );
     dataset.ensure_readable(&data_path)?;
     let device = device::select(cfg.device);
+    // Fresh runs and resumes alike.
+    device::check_autocast(&device, cfg.autocast())?;
     std::fs::create_dir_all(&cfg.output_dir).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", cfg.output_dir.display()))?;
     let ckpt_path = cfg.output_dir.join("checkpoint.safetensors");
     let log_path = cfg.output_dir.join("log.txt");

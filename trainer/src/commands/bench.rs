@@ -175,6 +175,7 @@ fn step(a: &StepArgs) -> anyhow::Result<serde_json::Value> {
     let mut phases = Phases::new(a.profile, &ad);
     let mut off = Phases::new(false, &ad);
     let mut start = Instant::now();
+    let mut skipped_steps = 0usize;
     for i in 0..a.warmup + a.iters {
         if i == a.warmup {
             let _ = ad.sync();
@@ -184,7 +185,9 @@ fn step(a: &StepArgs) -> anyhow::Result<serde_json::Value> {
         let p = if i >= a.warmup { &mut phases } else { &mut off };
         let (s, loss) = train_step(state, &mut loss_fn, crops, &step, Parallelism { replicas, accum_iter: 1 }, p);
         state = s;
-        loss.map_err(|v| anyhow::anyhow!("non-finite loss {v} in the benchmark"))?;
+        let values = loss.map_err(|v| anyhow::anyhow!("non-finite loss {v} in the benchmark"))?;
+        // --use_fp16: steps the optimizer skipped (the first ones overflow at the default scale).
+        skipped_steps += usize::from(i >= a.warmup && values.skipped);
     }
     let _ = ad.sync();
     let secs = start.elapsed().as_secs_f64();
@@ -195,7 +198,7 @@ fn step(a: &StepArgs) -> anyhow::Result<serde_json::Value> {
         "bench": "step", "impl": "dino-rs", "backend": backend_name(&device),
         "arch": vit.arch_name(), "precision": precision_name(cfg.autocast()), "batch": b, "replicas": replicas, "global": g, "local": l, "local_crops": n, "out_dim": cfg.out_dim,
         "iters": a.iters, "seconds_per_step": secs / a.iters as f64,
-        "images_per_s": (b * a.iters) as f64 / secs, "profile": profile,
+        "images_per_s": (b * a.iters) as f64 / secs, "skipped_steps": skipped_steps, "profile": profile,
     }))
 }
 

@@ -285,7 +285,8 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
 /// dino-rs patch: the output of a product, allocated without zero-filling it (as PyTorch's
 /// `at::empty` for `mm`): `fill` gets the uninitialised buffer of `shape.num_elements()`
 /// elements and must write every one of them, which `gemm_call` does (`read_dst = false`: gemm
-/// sets alpha to 0 and never reads `dst`; with k = 0 it writes zeros). The zero fill that
+/// sets alpha to 0 and its value is never used, on every path of gemm 0.19: packed kernels,
+/// gemv, k <= 2, the horizontal kernel, the parallel tiles; with k = 0 it writes zeros). The zero fill that
 /// `FlexTensor::empty` did was 5% of a small ViT's training step (`perf`: memset under
 /// `matmul_gemm`).
 fn gemm_output<T: GemmScalar>(
@@ -294,7 +295,11 @@ fn gemm_output<T: GemmScalar>(
 ) -> FlexTensor {
     let len = shape.num_elements();
     let mut out: Vec<T> = Vec::with_capacity(len);
-    fill(&mut out.spare_capacity_mut()[..len]);
+    let spare = &mut out.spare_capacity_mut()[..len];
+    // gemm's experimental Apple AMX kernel copies `dst` before overwriting it: zeroed there.
+    #[cfg(feature = "apple-amx")]
+    spare.fill(core::mem::MaybeUninit::new(T::zero()));
+    fill(spare);
     // SAFETY: `fill` initialised all `len` elements (see above); `T` is `Pod`.
     unsafe { out.set_len(len) };
     FlexTensor::new(
