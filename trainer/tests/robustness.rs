@@ -157,6 +157,8 @@ fn numeric_options_are_validated_with_one_line() {
         (vec!["train", "--momentum_teacher", "1.5"], "--momentum_teacher"),
         (vec!["train", "--warmup_epochs", "999"], "--warmup_epochs"),
         (vec!["train", "--accum_iter", "0"], "--accum_iter"),
+        (vec!["train", "--use_fp16", "true", "--use_bf16", "true"], "--use_fp16 and --use_bf16"),
+        (vec!["bench", "infer", "--use_fp16", "true", "--use_bf16", "true"], "--use_fp16 and --use_bf16"),
         (vec!["train", "--batch_size_per_gpu", "64", "--accum_iter", "100"], "--accum_iter"),
         (vec!["attention", "--image", s(&photo), "--pretrained_weights", s(&m), "--image_size", "0"], "--image_size"),
         (vec!["attention", "--image", s(&photo), "--pretrained_weights", s(&m), "--num_heads", "5"], "5 heads"),
