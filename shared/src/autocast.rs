@@ -14,10 +14,10 @@
 //! cast per product and is at least as precise; the products, where the time goes, run in the
 //! low dtype.
 //!
-//! The patch embedding (a convolution, under 1% of a ViT-S/16's products) stays f32: Burn
-//! 0.22.1's wgpu convolution gives a wrong weight gradient in f16 (relative L2 error 1.0 on Mesa
-//! lavapipe against the f32 one; the cpu's is right), measured by the trainer's
-//! `mixed_precision_gradients_track_f32` test.
+//! The patch embedding (a convolution, about 1% of a ViT-S/16's multiply-adds) stays f32: Burn
+//! 0.22.1's wgpu convolution gave a wrong weight gradient in f16 (relative L2 error 1.0 against
+//! the f32 one on Mesa lavapipe; the cpu's was right), found by the trainer's
+//! `mixed_precision_gradients_track_f32` test when the convolution was cast too.
 
 use std::cell::Cell;
 
