@@ -376,9 +376,14 @@ mod tests {
     fn mixed_precision_gradients_track_f32() {
         let cpu = Device::flex();
         let wgpu = crate::device::select(crate::device::DeviceChoice::Wgpu);
-        for (device, dtype, loss_tol, grad_tol) in
-            [(&cpu, FloatDType::BF16, 5e-3, 5e-2), (&cpu, FloatDType::F16, 1e-3, 1e-2), (&wgpu, FloatDType::F16, 1e-3, 1e-2)]
-        {
+        let mut cases = vec![(&cpu, FloatDType::BF16, 5e-3, 5e-2), (&cpu, FloatDType::F16, 1e-3, 1e-2)];
+        if crate::device::is_cpu(&wgpu) {
+            // test.sh installs Mesa's lavapipe; without any adapter the wgpu case cannot run.
+            eprintln!("no wgpu adapter: the f16 case on wgpu is not run");
+        } else {
+            cases.push((&wgpu, FloatDType::F16, 1e-3, 1e-2));
+        }
+        for (device, dtype, loss_tol, grad_tol) in cases {
             let (l32, g32) = loss_and_gradient(device, None);
             let (l, g) = loss_and_gradient(device, Some(dtype));
             assert_eq!(g.len(), g32.len());
