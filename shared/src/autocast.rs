@@ -48,15 +48,11 @@ pub fn product_dtype() -> Option<FloatDType> {
     PRODUCT_DTYPE.with(|d| d.get())
 }
 
-fn low<const D: usize>(t: Tensor<D>, dtype: FloatDType) -> Tensor<D> {
-    t.cast(dtype)
-}
-
 /// `lhs @ rhs`: [..., M, K] x [..., K, N] -> [..., M, N] (f32), in the autocast dtype.
 pub fn matmul<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D> {
     match product_dtype() {
         None => lhs.matmul(rhs),
-        Some(d) => low(lhs, d).matmul(low(rhs, d)).cast(FloatDType::F32),
+        Some(d) => lhs.cast(d).matmul(rhs.cast(d)).cast(FloatDType::F32),
     }
 }
 
@@ -65,6 +61,6 @@ pub fn matmul<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D> {
 pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
     match product_dtype() {
         None => burn_linear(x, weight, bias),
-        Some(d) => burn_linear(low(x, d), low(weight, d), bias.map(|b| low(b, d))).cast(FloatDType::F32),
+        Some(d) => burn_linear(x.cast(d), weight.cast(d), bias.map(|b| b.cast(d))).cast(FloatDType::F32),
     }
 }

@@ -277,20 +277,26 @@ impl Preset {
     }
 }
 
+/// The dtype of the model's matrix products for `--use_fp16` / `--use_bf16` (`None`: f32;
+/// `dino_shared::autocast`), for `dino train` and `dino bench`. Both flags is an error.
+pub fn autocast_dtype(use_fp16: bool, use_bf16: bool) -> anyhow::Result<Option<FloatDType>> {
+    anyhow::ensure!(!(use_fp16 && use_bf16), "--use_fp16 and --use_bf16 are exclusive: choose one");
+    Ok(if use_fp16 {
+        Some(FloatDType::F16)
+    } else if use_bf16 {
+        Some(FloatDType::BF16)
+    } else {
+        None
+    })
+}
+
 impl TrainConfig {
-    /// The pictures of one optimizer step: `batch_size_per_gpu x accum_iter`.
-    /// The dtype of the model's matrix products under `--use_fp16` / `--use_bf16` (`None`: f32;
-    /// `dino_shared::autocast`).
+    /// [`autocast_dtype`] of this configuration (`validate` refused both flags together).
     pub fn autocast(&self) -> Option<FloatDType> {
-        if self.use_fp16 {
-            Some(FloatDType::F16)
-        } else if self.use_bf16 {
-            Some(FloatDType::BF16)
-        } else {
-            None
-        }
+        autocast_dtype(self.use_fp16, self.use_bf16).ok().flatten()
     }
 
+    /// The pictures of one optimizer step: `batch_size_per_gpu x accum_iter`.
     pub fn step_batch(&self) -> usize {
         self.batch_size_per_gpu * self.accum_iter
     }
@@ -374,7 +380,7 @@ impl TrainConfig {
         finite_nonneg("--weight_decay", self.weight_decay)?;
         finite_nonneg("--weight_decay_end", self.weight_decay_end)?;
         finite_nonneg("--clip_grad", self.clip_grad)?;
-        ensure!(!(self.use_fp16 && self.use_bf16), "--use_fp16 and --use_bf16 are exclusive: choose one");
+        autocast_dtype(self.use_fp16, self.use_bf16)?;
         ensure!((0.0..=1.0).contains(&self.momentum_teacher), "--momentum_teacher must be in [0, 1], got {}", self.momentum_teacher);
         for (flag, t) in [("--teacher_temp", self.teacher_temp), ("--warmup_teacher_temp", self.warmup_teacher_temp)] {
             ensure!(t.is_finite() && t > 0.0, "{flag} must be a positive number, got {t}");

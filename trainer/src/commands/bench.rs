@@ -17,7 +17,7 @@ use rand::SeedableRng;
 use serde_json::json;
 
 use crate::augment::multi_crop;
-use crate::config::Preset;
+use crate::config::{autocast_dtype, Preset};
 use crate::data::{Dataset, Split};
 use crate::device::{self, DeviceChoice};
 use crate::loss::DinoLoss;
@@ -206,8 +206,7 @@ fn infer(a: &InferArgs) -> anyhow::Result<serde_json::Value> {
     let mut vit = VitConfig::from_arch(&a.arch, a.patch_size)
         .ok_or_else(|| anyhow::anyhow!("unknown --arch {} (vit_tiny, vit_small, vit_base)", a.arch))?;
     vit.img_size = a.image_size;
-    anyhow::ensure!(!(a.use_fp16 && a.use_bf16), "--use_fp16 and --use_bf16 are exclusive: choose one");
-    let dtype = if a.use_fp16 { Some(FloatDType::F16) } else if a.use_bf16 { Some(FloatDType::BF16) } else { None };
+    let dtype = autocast_dtype(a.use_fp16, a.use_bf16)?;
     let device = device::select(a.device);
     device::check_autocast(&device, dtype)?;
     device.seed(0);
