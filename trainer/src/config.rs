@@ -134,8 +134,9 @@ pub struct TrainConfig {
     /// Where the model trains.
     #[arg(long, value_enum)]
     pub device: DeviceChoice,
-    /// Data-parallel student replicas, one thread each: the batch's pictures are split between
-    /// them and their gradients summed (official DDP on one device; see `step.rs`). 0: auto, i.e.
+    /// Data-parallel student replicas, each a job on the CPU kernels' thread pool (one worker per
+    /// core, or RAYON_NUM_THREADS): the batch's pictures are split between them and their
+    /// gradients summed (official DDP on one device; see `step.rs`). 0: auto, i.e.
     /// 2 on the cpu (Burn's CPU backend runs a small ViT's matrices on one core; a fixed 2 keeps a
     /// seeded run's numbers independent of the number of cores; raise it on more cores) and 1 on
     /// a GPU.

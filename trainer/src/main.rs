@@ -76,7 +76,16 @@ fn main() {
     // SAFETY: sets a process-wide allocator option, before any thread exists.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     let cli = Cli::parse();
-    let result = match &cli.command {
+    // The command runs as a job of rayon's pool, the pool Burn's CPU kernels split their work
+    // on: a kernel that splits (a large matrix product, softmax, layer norm) then shares it with
+    // the idle worker by work stealing, where from the main thread each kernel was handed to the
+    // pool and the main thread put to sleep until it was done (one futex sleep and wake per
+    // kernel: 34K context switches in 8 small-preset steps, 500 after; BENCHMARKS.md). The
+    // workers get the main thread's 8 MiB stack; the pool's size stays rayon's (one worker per
+    // core, or RAYON_NUM_THREADS).
+    // A pool that cannot be built (only if one already exists) keeps rayon's default.
+    let _ = rayon::ThreadPoolBuilder::new().stack_size(8 << 20).build_global();
+    let result = rayon::scope(|_| match &cli.command {
         Command::Train(a) => commands::train::run(a),
         Command::Knn(a) => commands::knn::run(a),
         Command::Linear(a) => commands::linear::run(a).map(|_| ()),
@@ -88,7 +97,7 @@ fn main() {
         Command::Embed(a) => commands::embed::run(a),
         Command::Export(a) => commands::export::run(a),
         Command::Bench(a) => commands::bench::run(a),
-    };
+    });
     if let Err(e) = result {
         eprintln!("error: {e}");
         // A run that stopped itself (non-finite loss) exits 1; bad input (one line naming the

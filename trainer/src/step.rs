@@ -3,7 +3,8 @@
 //! clipping, EMA of the teacher. `dino train` and `dino bench step` run this same function.
 //!
 //! Data parallel on one device: with `replicas` > 1 the batch's pictures are split into that
-//! many shares, each share runs forward, loss and backward on its own thread with its own copy
+//! many shares, each share runs forward, loss and backward as its own job on rayon's pool (the
+//! pool Burn's CPU kernels split their products on; one worker per core) with its own copy
 //! of the student (`Module::fork`: own autodiff graph, same parameters), and the gradients are
 //! summed, as official DDP averages them over GPUs (each replica's loss is weighted by its share
 //! of the batch, so the sum is the full-batch gradient). The centre is updated once from every
@@ -27,6 +28,7 @@
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
+use rayon::prelude::*;
 use dino_shared::autocast::autocast;
 
 use crate::ema::ema_update;
@@ -126,9 +128,9 @@ impl Share {
     }
 }
 
-/// How one step's batch is split: `replicas` data-parallel replicas (threads), each running
-/// `accum_iter` micro-batches one after the other (gradient accumulation). 1 x 1 is the plain
-/// single-device step.
+/// How one step's batch is split: `replicas` data-parallel replicas (jobs on rayon's pool), each
+/// running `accum_iter` micro-batches one after the other (gradient accumulation). 1 x 1 is the
+/// plain single-device step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Parallelism {
     pub replicas: usize,
@@ -179,23 +181,25 @@ pub fn train_step(
                 // Every chunk holds at least one micro-batch (chunks of a non-empty list).
                 total.unwrap_or_else(|| unreachable!("empty chunk"))
             };
-            let mut chunks = bounds.chunks(per_replica);
-            let first = chunks.next().unwrap_or_default();
-            // Replica 0 runs on this thread, the others on their own; their results are summed
-            // in replica order: the same sums whatever the thread timing.
-            std::thread::scope(|scope| {
-                let others: Vec<_> = chunks
-                    .map(|chunk| {
-                        let replica = student.clone().fork(&device);
-                        scope.spawn(move || run(chunk, &replica))
-                    })
-                    .collect();
-                let mut total = run(first, &student.clone().fork(&device));
-                for handle in others {
-                    total.add(handle.join().unwrap_or_else(|e| std::panic::resume_unwind(e)), student);
-                }
-                total
-            })
+            // Each replica is a job on rayon's pool, the pool Burn's CPU kernels split their
+            // matrix products on: a product a replica splits runs on the worker that runs the
+            // replica, or on an idle one, with no hand-over to another thread and no more
+            // runnable threads than the pool has (`std::thread` replicas each waited on the pool
+            // for every large product: two replicas and two workers on two cores). The results
+            // are summed in replica order: the same sums whatever the thread timing.
+            let chunks: Vec<&[(usize, usize)]> = bounds.chunks(per_replica).collect();
+            let shares: Vec<Share> = chunks
+                .into_par_iter()
+                .with_max_len(1)
+                .map(|chunk| run(chunk, &student.clone().fork(&device)))
+                .collect();
+            let mut shares = shares.into_iter();
+            // At least one chunk: `parts` >= 1.
+            let mut total = shares.next().unwrap_or_else(|| unreachable!("no replica"));
+            for share in shares {
+                total.add(share, student);
+            }
+            total
         })
     };
     let Share { loss, entropy, teacher_sum, mut grads } = share;

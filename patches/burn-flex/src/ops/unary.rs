@@ -429,7 +429,8 @@ pub fn exp_f32(x: f32) -> f32 {
     } else {
         x
     };
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let shifted = xc * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     let mut p = P[0];
     for c in &P[1..] {
@@ -437,7 +438,11 @@ pub fn exp_f32(x: f32) -> f32 {
     }
     let y = p * r * r + r + 1.0;
     // 2^n = 2^h * 2^(n - h) with both exponents in -63..=64 (normal floats).
-    let n = n as i32;
+    // n as an integer from the bits of `shifted` (1.5 * 2^23 + n: its low mantissa bits hold
+    // n): the same value as `n as i32`, whose saturating conversion LLVM scalarised (an
+    // extract, a scalar convert and an insert per lane: a third of GELU's gradient kernel,
+    // `perf annotate`). A NaN gives some n here, and y * s1 * s2 stays NaN.
+    let n = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let h = n >> 1;
     let s1 = f32::from_bits(((h + 127) as u32) << 23);
     let s2 = f32::from_bits(((n - h + 127) as u32) << 23);
