@@ -385,7 +385,25 @@ fn gelu_backward_f32_simd<S: macerator::Simd>(x: &[f32], grad: &mut [f32]) {
     }
 }
 
+/// Elements from which GELU and its gradient split into chunks of `GELU_CHUNK` on rayon's
+/// threads (elementwise: the same values whatever the split). A ViT-S/16's MLP at batch 1 is
+/// 197 x 1536 = 302K elements.
+#[cfg(feature = "rayon")]
+const GELU_PARALLEL_MIN: usize = 64 * 1024;
+#[cfg(feature = "rayon")]
+const GELU_CHUNK: usize = 16 * 1024;
+
 fn gelu_f32_inplace(values: &mut [f32]) {
+    #[cfg(feature = "rayon")]
+    if values.len() >= GELU_PARALLEL_MIN {
+        use rayon::prelude::*;
+        values.par_chunks_mut(GELU_CHUNK).for_each(gelu_f32_chunk);
+        return;
+    }
+    gelu_f32_chunk(values);
+}
+
+fn gelu_f32_chunk(values: &mut [f32]) {
     #[cfg(feature = "simd")]
     gelu_f32_simd(values);
     #[cfg(not(feature = "simd"))]
@@ -397,6 +415,18 @@ fn gelu_f32_inplace(values: &mut [f32]) {
 /// `grad[i] = grad[i] * GELU'(x[i])`; `x` and `grad` have the same length.
 fn gelu_backward_f32_inplace(x: &[f32], grad: &mut [f32]) {
     debug_assert_eq!(x.len(), grad.len());
+    #[cfg(feature = "rayon")]
+    if grad.len() >= GELU_PARALLEL_MIN {
+        use rayon::prelude::*;
+        grad.par_chunks_mut(GELU_CHUNK)
+            .zip(x.par_chunks(GELU_CHUNK))
+            .for_each(|(g, x)| gelu_backward_f32_chunk(x, g));
+        return;
+    }
+    gelu_backward_f32_chunk(x, grad);
+}
+
+fn gelu_backward_f32_chunk(x: &[f32], grad: &mut [f32]) {
     #[cfg(feature = "simd")]
     gelu_backward_f32_simd(x, grad);
     #[cfg(not(feature = "simd"))]
