@@ -125,7 +125,8 @@ pub struct TrainConfig {
     /// Also keep checkpoint{epoch:04}.safetensors every N epochs (0: never).
     #[arg(long)]
     pub saveckp_freq: usize,
-    /// Seed of the initialisation, the crops and drop-path (a seeded run is reproducible).
+    /// Seed of the initialisation, the crops and drop-path (a seeded run is reproducible, except
+    /// with drop-path on several replicas: see --replicas).
     #[arg(long)]
     pub seed: u64,
     /// Threads making the multi-crop batches.
@@ -139,7 +140,9 @@ pub struct TrainConfig {
     /// gradients summed (official DDP on one device; see `step.rs`). 0: auto, i.e.
     /// 2 on the cpu (Burn's CPU backend runs a small ViT's matrices on one core; a fixed 2 keeps a
     /// seeded run's numbers independent of the number of cores; raise it on more cores) and 1 on
-    /// a GPU.
+    /// a GPU. With --drop_path_rate > 0 and 2 or more replicas a seeded run is not reproducible
+    /// to the last digit: the replicas draw the drop-path masks from the device's one generator
+    /// in the order they run.
     #[arg(long)]
     pub replicas: usize,
     /// Gradient accumulation: each step runs N micro-batches of --batch_size_per_gpu pictures one
