@@ -385,6 +385,7 @@ fn gelu_backward_f32_simd<S: macerator::Simd>(x: &[f32], grad: &mut [f32]) {
     }
 }
 
+// dino-rs patch: GELU and its gradient on rayon's threads (see GELU_PARALLEL_MIN).
 /// Elements from which GELU and its gradient split into chunks of `GELU_CHUNK` on rayon's
 /// threads (elementwise: the same values whatever the split). A ViT-S/16's MLP at batch 1 is
 /// 197 x 1536 = 302K elements.
