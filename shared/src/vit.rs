@@ -6,7 +6,10 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, LinearConfig, Linear};
 use burn::tensor::activation::{gelu, silu};
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use std::cell::RefCell;
 
 use crate::attention::Attention;
 use crate::config::{FfnLayer, VitConfig};
@@ -126,16 +129,51 @@ fn scaled(ls: &Option<LayerScale>, x: Tensor<3>) -> Tensor<3> {
     }
 }
 
+thread_local! {
+    /// The generator [`with_drop_path_seed`] set on this thread, if any.
+    static DROP_PATH_RNG: RefCell<Option<StdRng>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's drop-path masks drawn from a generator seeded with `seed`
+/// (ChaCha12, `rand`'s `StdRng`) instead of the device's shared generator, and restores the
+/// previous one after (also when `f` panics).
+///
+/// Data-parallel replicas run their forward passes at once on one device: drawn from the
+/// device's generator, their masks would depend on which replica draws first. Each replica's
+/// forward runs inside this with its own seed (`trainer/src/step.rs`), so a seeded run gives the
+/// same masks, hence the same weights, every time. Nested calls (a thread that runs another
+/// replica's job while it waits inside a split matrix product) each see their own generator.
+pub fn with_drop_path_seed<R>(seed: u64, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<StdRng>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            DROP_PATH_RNG.with(|rng| *rng.borrow_mut() = previous);
+        }
+    }
+    let _restore = Restore(DROP_PATH_RNG.with(|rng| rng.replace(Some(StdRng::seed_from_u64(seed)))));
+    f()
+}
+
 /// Stochastic depth: drops a sample's whole residual branch with probability `rate` and scales
-/// the kept ones by 1/(1-rate). Active only on an autodiff device, i.e. for the training
-/// student; the teacher and every evaluation run on plain tensors.
+/// the kept ones by 1/(1-rate) (official `vision_transformer.drop_path`). Active only on an
+/// autodiff device, i.e. for the training student; the teacher and every evaluation run on plain
+/// tensors. The keep mask [B, 1, 1] comes from the generator of [`with_drop_path_seed`] when
+/// one is set on this thread, else from the device's.
 fn drop_path(x: Tensor<3>, rate: f64) -> Tensor<3> {
     if rate == 0.0 || !x.device().is_autodiff() {
         return x;
     }
     let keep = 1.0 - rate;
     let [b, _, _] = x.dims();
-    let mask = Tensor::<3>::random([b, 1, 1], Distribution::Bernoulli(keep), &x.device());
+    let device = x.device();
+    let drawn = DROP_PATH_RNG.with(|rng| {
+        rng.borrow_mut().as_mut().map(|rng| (0..b).map(|_| if rng.random_bool(keep) { 1.0f32 } else { 0.0 }).collect::<Vec<_>>())
+    });
+    let mask = match drawn {
+        Some(mask) => Tensor::<1>::from_data(TensorData::new(mask, [b]), &device).reshape([b, 1, 1]),
+        None => Tensor::<3>::random([b, 1, 1], Distribution::Bernoulli(keep), &device),
+    };
     x * mask.div_scalar(keep)
 }
 
@@ -202,6 +240,11 @@ pub struct VisionTransformer {
 }
 
 impl VisionTransformer {
+    /// Whether any block drops paths (`drop_path_rate` > 0).
+    pub fn has_drop_path(&self) -> bool {
+        self.blocks.iter().any(|block| block.drop_path > 0.0)
+    }
+
     /// Random init as official `VisionTransformer.__init__` (trunc normal std 0.02 for the
     /// position embedding, CLS token and Linear weights; torch's default Conv2d init for the
     /// patch embedding; drop-path rates rising linearly over the blocks).

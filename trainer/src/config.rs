@@ -140,9 +140,9 @@ pub struct TrainConfig {
     /// gradients summed (official DDP on one device; see `step.rs`). 0: auto, i.e.
     /// 2 on the cpu (Burn's CPU backend runs a small ViT's matrices on one core; a fixed 2 keeps a
     /// seeded run's numbers independent of the number of cores; raise it on more cores) and 1 on
-    /// a GPU. With --drop_path_rate > 0 and 2 or more replicas a seeded run is not reproducible
-    /// to the last digit: the replicas draw the drop-path masks from the device's one generator
-    /// in the order they run.
+    /// a GPU. With --drop_path_rate > 0 each micro-batch draws its drop-path masks from its own
+    /// generator, seeded from the run's: a seeded run repeats itself for a given --replicas and
+    /// --accum_iter (other splits of the batch draw other masks).
     #[arg(long)]
     pub replicas: usize,
     /// Gradient accumulation: each step runs N micro-batches of --batch_size_per_gpu pictures one

@@ -27,9 +27,10 @@
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Distribution, Tensor};
 use rayon::prelude::*;
 use dino_shared::autocast::autocast;
+use dino_shared::vit::with_drop_path_seed;
 
 use crate::ema::ema_update;
 use crate::loss::DinoLoss;
@@ -90,6 +91,17 @@ fn replica_step(student: &Dino, teacher: &Dino, loss_fn: &DinoLoss, crops: Crops
     let loss = loss.mul_scalar(weight);
     let grads = GradientsParams::from_grads(scaled(loss.clone(), loss_scale).backward(), student);
     Share { loss: loss.inner(), entropy: entropy.mul_scalar(weight), teacher_sum: teacher_out.sum_dim(0), grads }
+}
+
+/// `parts` seeds for the micro-batches' drop-path generators, drawn from `device`'s generator
+/// (two uniform draws each, their bits joined), so that they follow the run's seed and resume.
+fn micro_batch_seeds(parts: usize, device: &Device) -> Vec<u64> {
+    let draws: Vec<f32> = Tensor::<1>::random([2 * parts], Distribution::Uniform(0.0, 1.0), device)
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap_or_default();
+    draws.chunks_exact(2).map(|d| (u64::from(d[0].to_bits()) << 32) | u64::from(d[1].to_bits())).collect()
 }
 
 /// The loss the backward pass starts from: times the f16 scaler's factor, when there is one.
@@ -169,10 +181,19 @@ pub fn train_step(
                 (0..parts).map(|i| (i * b / parts, (i + 1) * b / parts - i * b / parts)).collect();
             let per_replica = parts.div_ceil(parallel.replicas.max(1));
             let device = crops.globals.device();
-            let run = |chunk: &[(usize, usize)], replica: &Dino| -> Share {
+            // Drop-path masks: one generator per micro-batch, seeded here from the device's
+            // generator in micro-batch order, so that the replicas' masks do not depend on which
+            // replica draws first (a seeded run repeats itself). Not drawn without drop-path:
+            // such runs use the device's generator as before.
+            let seeds = if student.backbone.has_drop_path() { micro_batch_seeds(parts, &device) } else { Vec::new() };
+            let run = |first: usize, chunk: &[(usize, usize)], replica: &Dino| -> Share {
                 let mut total: Option<Share> = None;
-                for &(start, n) in chunk {
-                    let s = replica_step(replica, teacher, loss_fn_ref, crops.share(start, n), n as f64 / b as f64, step, loss_scale);
+                for (i, &(start, n)) in chunk.iter().enumerate() {
+                    let forward = || replica_step(replica, teacher, loss_fn_ref, crops.share(start, n), n as f64 / b as f64, step, loss_scale);
+                    let s = match seeds.get(first + i) {
+                        Some(&seed) => with_drop_path_seed(seed, forward),
+                        None => forward(),
+                    };
                     match total.as_mut() {
                         Some(t) => t.add(s, student),
                         None => total = Some(s),
@@ -187,11 +208,12 @@ pub fn train_step(
             // runnable threads than the pool has (`std::thread` replicas each waited on the pool
             // for every large product: two replicas and two workers on two cores). The results
             // are summed in replica order: the same sums whatever the thread timing.
-            let chunks: Vec<&[(usize, usize)]> = bounds.chunks(per_replica).collect();
+            let chunks: Vec<(usize, &[(usize, usize)])> =
+                bounds.chunks(per_replica).enumerate().map(|(r, chunk)| (r * per_replica, chunk)).collect();
             let shares: Vec<Share> = chunks
                 .into_par_iter()
                 .with_max_len(1)
-                .map(|chunk| run(chunk, &student.clone().fork(&device)))
+                .map(|(first, chunk)| run(first, chunk, &student.clone().fork(&device)))
                 .collect();
             let mut shares = shares.into_iter();
             // At least one chunk: `parts` >= 1.
@@ -249,14 +271,15 @@ mod tests {
 
     /// Losses, student, teacher and centre after `steps` steps on the same crops.
     fn run(parallel: Parallelism, batch: usize, steps: u64) -> (Vec<f64>, Vec<(String, Vec<f32>)>) {
-        run_on(Device::flex(), None, parallel, batch, steps)
+        run_on(Device::flex(), None, parallel, batch, steps, 0.0)
     }
 
     /// [`run`] on `device` with the products in `autocast` (f16: with the loss scaler, as
     /// `--use_fp16`).
-    fn run_on(device: Device, autocast: Option<FloatDType>, parallel: Parallelism, batch: usize, steps: u64) -> (Vec<f64>, Vec<(String, Vec<f32>)>) {
+    fn run_on(device: Device, autocast: Option<FloatDType>, parallel: Parallelism, batch: usize, steps: u64, drop_path: f64) -> (Vec<f64>, Vec<(String, Vec<f32>)>) {
         let _seeded = one_at_a_time();
         let mut cfg = Preset::Small.config();
+        cfg.drop_path_rate = drop_path;
         (cfg.batch_size_per_gpu, cfg.out_dim, cfg.local_crops_number, cfg.norm_last_layer) = (batch, 64, 2, true);
         (cfg.use_fp16, cfg.use_bf16) = (autocast == Some(FloatDType::F16), autocast == Some(FloatDType::BF16));
         let ad = device.clone().autodiff();
@@ -292,6 +315,20 @@ mod tests {
         params.push(("center".into(), loss_fn.center.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()));
         params.sort_by(|a, b| a.0.cmp(&b.0));
         (losses, params)
+    }
+
+    /// Drop-path with several replicas: a seeded run repeats itself to the last bit, although
+    /// the replicas run at once on the pool (each micro-batch draws its masks from its own
+    /// generator, `with_drop_path_seed`). With one shared generator the masks followed the
+    /// replicas' timing. The masks are live: the run differs from one without drop-path.
+    #[test]
+    fn drop_path_with_replicas_repeats_itself() {
+        let parallel = Parallelism { replicas: 2, accum_iter: 2 };
+        let first = run_on(Device::flex(), None, parallel, 8, 2, 0.3);
+        for _ in 0..2 {
+            assert!(run_on(Device::flex(), None, parallel, 8, 2, 0.3) == first, "a seeded run with drop-path changed");
+        }
+        assert!(run_on(Device::flex(), None, parallel, 8, 2, 0.0).0 != first.0, "drop-path changed nothing");
     }
 
     /// Data parallel and gradient accumulation equal one device (issue: equivalence-tested): 2
