@@ -9,7 +9,7 @@
 //! Burn's stock AdamW fixes the decay at build time and clips only its first group, hence this.
 //! State is keyed by official parameter name, so checkpoints are readable and resume exactly.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
@@ -112,9 +112,10 @@ impl AdamW {
     }
 
     /// State as host tensors (`{name}.exp_avg`, `{name}.exp_avg_sq`) and the step counts.
-    pub fn to_host(&self) -> (StateDict, HashMap<String, u64>) {
+    pub fn to_host(&self) -> (StateDict, BTreeMap<String, u64>) {
         let mut sd = StateDict::new();
-        let mut steps = HashMap::new();
+        // Sorted: the checkpoint's metadata JSON lists the steps in one order every time.
+        let mut steps = BTreeMap::new();
         for (name, s) in &self.states {
             let host = |t: &Tensor<1>| {
                 let data = t.clone().into_data().convert::<f32>().try_into_vec::<f32>().unwrap();

@@ -402,6 +402,16 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
 
     let ad = device.clone().autodiff();
     let mut iterations_done = state.epoch * niter;
+    // A resume past the end trains nothing: say why instead of passing silently.
+    if state.epoch >= cfg.epochs {
+        eprintln!("nothing to train: the checkpoint {} is at epoch {} of --epochs {}; raise --epochs to train on", ckpt_path.display(), state.epoch, cfg.epochs);
+    } else if cfg.max_iters > 0 && iterations_done >= cfg.max_iters {
+        eprintln!(
+            "nothing to train: the checkpoint {} holds {iterations_done} iterations, --max_iters {} (iterations in all, across epochs) is reached; raise --max_iters to train on",
+            ckpt_path.display(),
+            cfg.max_iters
+        );
+    }
     let mut final_knn = None;
     for epoch in state.epoch..cfg.epochs {
         let (s, log) = train_one_epoch(state, &mut loss_fn, &dataset, cfg, &schedules, epoch, &mut iterations_done, &ckpt_path, &ad)?;

@@ -121,6 +121,17 @@ fn killed_and_resumed_run_equals_uninterrupted_run() {
         assert_eq!(a.epoch, b.epoch);
         assert_eq!(a.iter_losses, b.iter_losses, "epoch {} differs after resuming (killed after {done_before})", a.epoch);
     }
+
+    // A resume with nothing left to train says so (it trained nothing, silently, before).
+    let r = dino(&train_args(&data, &cut, "4"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("nothing to train") && r.stderr.contains("--epochs 4"), "{}", r.stderr);
+    let mut args = train_args(&data, &cut, "6");
+    args.extend_from_slice(&["--max_iters", "8"]);
+    let r = dino(&args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("nothing to train") && r.stderr.contains("--max_iters 8"), "{}", r.stderr);
+    assert_eq!(read_log(&cut).len(), 4, "a resume past --max_iters trained");
 }
 
 #[test]
