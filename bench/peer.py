@@ -294,6 +294,29 @@ def mode_infer(args):
                       "ms_median": times[len(times) // 2], "images_per_s": args.batch * 1e3 / mean}))
 
 
+def mode_matmul(args):
+    """torch.matmul of [m, k] x [k, n] (what nn.Linear's addmm runs), best and median round."""
+    torch.manual_seed(0)
+    results = []
+    for shape in args.shapes.split(","):
+        m, k, n = (int(d) for d in shape.split("x"))
+        x, w = torch.randn(m, k), torch.randn(k, n)
+        for _ in range(3):
+            x @ w
+        rounds = []
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            for _ in range(args.iters):
+                x @ w
+            rounds.append((time.perf_counter() - start) / args.iters)
+        rounds.sort()
+        gflops = lambda secs: 2 * m * k * n / secs / 1e9
+        results.append({"m": m, "k": k, "n": n, "gflops_best": gflops(rounds[0]),
+                        "gflops_median": gflops(rounds[len(rounds) // 2])})
+    print(json.dumps({"bench": "matmul", "impl": "pytorch", "backend": "cpu", "threads": torch.get_num_threads(),
+                      "iters": args.iters, "rounds": args.rounds, "shapes": results}))
+
+
 def mode_augment(args):
     cfg = config(args)
     torch.set_num_threads(1)
@@ -471,6 +494,10 @@ def main():
     i.add_argument("--batch", type=int, default=1)
     i.add_argument("--iters", type=int, default=10)
     i.add_argument("--warmup", type=int, default=2)
+    m = sub.add_parser("matmul")
+    m.add_argument("--shapes", default="197x384x384,197x384x1536,197x1536x384", help="comma-separated MxKxN")
+    m.add_argument("--iters", type=int, default=20)
+    m.add_argument("--rounds", type=int, default=15)
     k = sub.add_parser("knn-raw")
     k.add_argument("--data_path", required=True)
     k.add_argument("--k", type=int, default=20)
@@ -484,7 +511,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     {"step": mode_step, "infer": mode_infer, "augment": mode_augment, "train": mode_train,
-     "knn-raw": mode_knn_raw}[args.mode](args)
+     "knn-raw": mode_knn_raw, "matmul": mode_matmul}[args.mode](args)
 
 
 if __name__ == "__main__":

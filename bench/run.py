@@ -8,6 +8,7 @@ One command:  python3 bench/run.py            (everything; installs the PyTorch 
 Sections (each prints a table with our/PyTorch ratios; > 1 means dino-rs is faster or better):
   step     one DINO training step, images/s: the small preset and ViT-S/16 at 224/96
   infer    ViT-S/16 at 224 with the last layer's attention, batch 1 and 32
+  matmul   the matrix product alone on the Linear layers' shapes (Burn's flex / gemm vs torch), GFLOP/s
   augment  the multi-crop augmentation alone, images/s on one core
   scaling  step time against batch size and number of local crops (small preset)
   quality  train the same config on Fashion-MNIST with both, then k-NN (k=20) and linear top-1
@@ -180,7 +181,8 @@ def section_step(r, q):
 
 def section_infer(r, q):
     rows, raw = [], []
-    for batch, iters in ((1, 10 if not q else 1), (32, 3 if not q else 1)):
+    # Batch 1: 30 passes per process (2 s): with 10, one process's mean moved with this VM's slow phases.
+    for batch, iters in ((1, 30 if not q else 1), (32, 3 if not q else 1)):
         args = ["--arch", "vit_small", "--patch_size", "16", "--image_size", "224", "--batch", str(batch),
                 "--iters", str(iters), "--warmup", "1"]
         row, res = side_by_side(r, "infer", args, [f"ViT-S/16 224 px, batch {batch}"], "ms_mean", False,
@@ -190,6 +192,35 @@ def section_infer(r, q):
     md = ("### Inference with last-layer attention (ms per batch; ratio = PyTorch time / ours; peak resident "
           "memory, MiB)\n\n"
           + table(["case", "dino-rs ms", "PyTorch ms", "ratio", "dino-rs MiB", "PyTorch MiB"], rows))
+    return md, raw
+
+
+MATMUL_SHAPES = [("ViT-S/16 batch 1: q, k, v, proj", "197x384x384"), ("ViT-S/16 batch 1: fc1", "197x384x1536"),
+                 ("ViT-S/16 batch 1: fc2", "197x1536x384"), ("ViT-S/16 batch 32: fc1", "6304x384x1536"),
+                 ("small step, one replica of batch 64: q, k, v, proj", "2368x96x96"),
+                 ("small step: fc1", "2368x96x384"), ("small step: fc2", "2368x384x96")]
+
+
+def section_matmul(r, q):
+    """The matrix product alone (Burn's flex -> gemm against torch's oneDNN / MKL) on the shapes of
+    the models' Linear layers: whether the products or the rest of a pass make the difference."""
+    shapes = ",".join(s for _, s in MATMUL_SHAPES[:3 if q else None])
+    args = ["--shapes", shapes, "--iters", "2" if q else "20", "--rounds", "2" if q else "15"]
+    runs = []
+    for _ in range(r.args.repeat):
+        runs.append((r.ours("matmul", *args), r.peer("matmul", *args)))
+    rows, raw = [], []
+    for i, (label, shape) in enumerate(MATMUL_SHAPES[:3 if q else None]):
+        ours = median([o["shapes"][i]["gflops_best"] for o, _ in runs])
+        peer = None if runs[0][1] is None else median([p["shapes"][i]["gflops_best"] for _, p in runs])
+        ratios = [] if peer is None else [o["shapes"][i]["gflops_best"] / p["shapes"][i]["gflops_best"] for o, p in runs]
+        speedup = "–" if not ratios else f"{median(ratios):.2f}" + (
+            f" ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else "")
+        rows.append([label, shape, fmt(ours, 0), fmt(peer, 0), speedup])
+        raw.append({"label": label, "shape": shape, "ours_gflops": ours, "pytorch_gflops": peer,
+                    "ratio_median": median(ratios) if ratios else None})
+    md = (f"### Matrix product alone (GFLOP/s of the best of {args[5]} rounds of {args[3]} products, median over the "
+          "runs; ratio = ours / PyTorch)\n\n" + table(["Linear layer", "m x k x n", "dino-rs", "PyTorch", "ratio"], rows))
     return md, raw
 
 
@@ -330,8 +361,8 @@ def plot_curves(r, ours, peer, pixels, path):
     r.run([r.py, "-c", script, json.dumps([ours, peer, pixels, path])], "learning curves plot")
 
 
-SECTIONS = {"step": section_step, "infer": section_infer, "augment": section_augment, "scaling": section_scaling,
-            "quality": section_quality}
+SECTIONS = {"step": section_step, "infer": section_infer, "matmul": section_matmul, "augment": section_augment,
+            "scaling": section_scaling, "quality": section_quality}
 
 
 def main():

@@ -5,6 +5,7 @@
 //!   forward, loss, AdamW, EMA), on fixed random crops so that data loading is not in it.
 //! - `infer`: a forward pass with the last layer's attention (what the web page runs).
 //! - `augment`: the multi-crop augmentation of pictures held in memory, on one thread.
+//! - `matmul`: Burn's matrix product alone on the shapes of those models' Linear layers (GFLOP/s).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -40,6 +41,24 @@ pub enum Bench {
     Infer(InferArgs),
     /// Images per second of the multi-crop augmentation on one thread.
     Augment(AugmentArgs),
+    /// GFLOP/s of Burn's matrix product [m, k] x [k, n] on given shapes.
+    Matmul(MatmulArgs),
+}
+
+#[derive(clap::Args, Debug)]
+#[command(rename_all = "snake_case")]
+pub struct MatmulArgs {
+    /// Comma-separated products MxKxN, e.g. 197x384x1536 (a ViT-S/16 fc1 at batch 1).
+    #[arg(long, default_value = "197x384x384,197x384x1536,197x1536x384")]
+    pub shapes: String,
+    /// Products per timed round.
+    #[arg(long, default_value_t = 20)]
+    pub iters: usize,
+    /// Timed rounds per shape; the best and the median round are reported.
+    #[arg(long, default_value_t = 15)]
+    pub rounds: usize,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
+    pub device: DeviceChoice,
 }
 
 #[derive(clap::Args, Debug)]
@@ -123,6 +142,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Bench::Step(a) => step(a)?,
         Bench::Infer(a) => infer(a)?,
         Bench::Augment(a) => augment(a)?,
+        Bench::Matmul(a) => matmul(a)?,
     };
     println!("{line}");
     Ok(())
@@ -230,6 +250,50 @@ fn infer(a: &InferArgs) -> anyhow::Result<serde_json::Value> {
         "bench": "infer", "impl": "dino-rs", "backend": backend_name(&device), "arch": vit.arch_name(),
         "precision": precision_name(dtype), "image_size": s, "batch": a.batch, "iters": a.iters,
         "ms_mean": mean, "ms_median": times[times.len() / 2], "images_per_s": a.batch as f64 * 1e3 / mean,
+    }))
+}
+
+/// "197x384x1536" -> (197, 384, 1536).
+fn parse_shape(text: &str) -> anyhow::Result<(usize, usize, usize)> {
+    let dims: Vec<usize> = text.split('x').map(|d| d.trim().parse::<usize>()).collect::<Result<_, _>>()
+        .map_err(|_| anyhow::anyhow!("--shapes {text}: expected MxKxN with positive integers, e.g. 197x384x1536"))?;
+    match dims[..] {
+        [m, k, n] if m > 0 && k > 0 && n > 0 => Ok((m, k, n)),
+        _ => anyhow::bail!("--shapes {text}: expected MxKxN with positive integers, e.g. 197x384x1536"),
+    }
+}
+
+fn matmul(a: &MatmulArgs) -> anyhow::Result<serde_json::Value> {
+    let shapes = a.shapes.split(',').map(parse_shape).collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(a.iters > 0 && a.rounds > 0, "--iters and --rounds must be at least 1");
+    let device = device::select(a.device);
+    device.seed(0);
+    let mut results = Vec::new();
+    for (m, k, n) in shapes {
+        let x: Tensor<2> = Tensor::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+        let w: Tensor<2> = Tensor::random([k, n], Distribution::Normal(0.0, 1.0), &device);
+        let product = || drop(x.clone().matmul(w.clone()));
+        for _ in 0..3 {
+            product();
+        }
+        let _ = device.sync();
+        let mut rounds: Vec<f64> = (0..a.rounds)
+            .map(|_| {
+                let start = Instant::now();
+                for _ in 0..a.iters {
+                    product();
+                }
+                let _ = device.sync();
+                start.elapsed().as_secs_f64() / a.iters as f64
+            })
+            .collect();
+        rounds.sort_by(f64::total_cmp);
+        let gflops = |secs: f64| 2.0 * (m * k * n) as f64 / secs / 1e9;
+        results.push(json!({"m": m, "k": k, "n": n, "gflops_best": gflops(rounds[0]), "gflops_median": gflops(rounds[rounds.len() / 2])}));
+    }
+    Ok(json!({
+        "bench": "matmul", "impl": "dino-rs", "backend": backend_name(&device), "threads": rayon::current_num_threads(),
+        "iters": a.iters, "rounds": a.rounds, "shapes": results,
     }))
 }
 
