@@ -39,6 +39,9 @@ pub fn save_checkpoint(path: &Path, state: &TrainState, config: &TrainConfig) ->
     all.insert("dino_loss.center".into(), HostTensor::new(vec![1, center.len()], center));
     let mut meta = HashMap::new();
     meta.insert("epoch".into(), state.epoch.to_string());
+    if let Some(iterations) = state.iterations {
+        meta.insert("iterations".into(), iterations.to_string());
+    }
     meta.insert("args".into(), serde_json::to_string(config)?);
     meta.insert("vit".into(), serde_json::to_string(state.teacher.backbone.config())?);
     meta.insert("head".into(), serde_json::to_string(state.teacher.head.config())?);
@@ -77,5 +80,10 @@ pub fn load_checkpoint(path: &Path, config: &TrainConfig, device: &Device) -> an
             Some(scaler)
         }
     };
-    Ok(TrainState { epoch, student, teacher, optimizer, center, scaler })
+    // Absent from checkpoints written before the count was kept: then epochs x iterations per epoch.
+    let iterations = match meta.get("iterations") {
+        Some(text) => Some(text.parse().map_err(|_| bad(format!("iterations {text:?} in the metadata is not a count")))?),
+        None => None,
+    };
+    Ok(TrainState { epoch, iterations, student, teacher, optimizer, center, scaler })
 }

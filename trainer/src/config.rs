@@ -125,8 +125,8 @@ pub struct TrainConfig {
     /// Also keep checkpoint{epoch:04}.safetensors every N epochs (0: never).
     #[arg(long)]
     pub saveckp_freq: usize,
-    /// Seed of the initialisation, the crops and drop-path (a seeded run is reproducible, except
-    /// with drop-path on several replicas: see --replicas).
+    /// Seed of the initialisation, the crops and drop-path (a seeded run is reproducible; with
+    /// drop-path, for a given --replicas and --accum_iter).
     #[arg(long)]
     pub seed: u64,
     /// Threads making the multi-crop batches.

@@ -45,6 +45,9 @@ pub struct TrainingStopped(pub String);
 pub struct TrainState {
     /// The next epoch to run.
     pub epoch: usize,
+    /// Optimizer iterations done in all (fewer than `epoch` x iterations per epoch when
+    /// `--max_iters` cut the last epoch short); `None` in checkpoints written before it was kept.
+    pub iterations: Option<usize>,
     pub student: Dino,
     pub teacher: Dino,
     pub optimizer: AdamW,
@@ -65,7 +68,7 @@ impl TrainState {
         let student = Dino::new(&vit, &cfg.head(vit.embed_dim), &ad);
         // Plain tensors: the teacher never gets a gradient.
         let teacher = student.valid();
-        Ok(Self { epoch: 0, student, teacher, optimizer: AdamW::default(),
+        Ok(Self { epoch: 0, iterations: Some(0), student, teacher, optimizer: AdamW::default(),
             center: Tensor::zeros([1, cfg.out_dim], device),
             scaler: cfg.use_fp16.then(GradScaler::default),
         })
@@ -401,7 +404,7 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
     );
 
     let ad = device.clone().autodiff();
-    let mut iterations_done = state.epoch * niter;
+    let mut iterations_done = state.iterations.unwrap_or(state.epoch * niter);
     // A resume past the end trains nothing: say why instead of passing silently.
     if state.epoch >= cfg.epochs {
         eprintln!("nothing to train: the checkpoint {} is at epoch {} of --epochs {}; raise --epochs to train on", ckpt_path.display(), state.epoch, cfg.epochs);
@@ -410,6 +413,15 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
             "nothing to train: the checkpoint {} holds {iterations_done} iterations, --max_iters {} (iterations in all, across epochs) is reached; raise --max_iters to train on",
             ckpt_path.display(),
             cfg.max_iters
+        );
+    } else if iterations_done < state.epoch * niter {
+        // Epochs restart from (seed, epoch): the rest of a cut epoch is not replayed.
+        eprintln!(
+            "the checkpoint {} was stopped by --max_iters after {iterations_done} iterations, within epoch {}: training goes on from epoch {} (the rest of epoch {} is not trained)",
+            ckpt_path.display(),
+            state.epoch,
+            state.epoch + 1,
+            state.epoch
         );
     }
     let mut final_knn = None;
@@ -445,6 +457,7 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
         }
         logs.push(log);
         state.epoch = epoch + 1;
+        state.iterations = Some(iterations_done);
         state.center = loss_fn.center.clone();
         save_checkpoint(&ckpt_path, &state, cfg)?;
         if cfg.saveckp_freq > 0 && (epoch + 1) % cfg.saveckp_freq == 0 {

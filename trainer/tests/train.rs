@@ -132,6 +132,23 @@ fn killed_and_resumed_run_equals_uninterrupted_run() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("nothing to train") && r.stderr.contains("--max_iters 8"), "{}", r.stderr);
     assert_eq!(read_log(&cut).len(), 4, "a resume past --max_iters trained");
+
+    // --max_iters counts the iterations done, also when it cut an epoch short (the count came
+    // from the epochs before: 4 per epoch here, so a cut after 2 read as 4).
+    let short = temp_dir("resume-short");
+    let with_max = |epochs: &'static str, max: &'static str| {
+        let mut args = train_args(&data, &short, epochs);
+        args.extend_from_slice(&["--max_iters", max]);
+        dino(&args)
+    };
+    assert_eq!(with_max("1", "2").code, 0);
+    let r = with_max("2", "2");
+    assert!(r.stderr.contains("holds 2 iterations"), "{}", r.stderr);
+    let r = with_max("2", "5");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("stopped by --max_iters after 2 iterations"), "{}", r.stderr);
+    let log = read_log(&short);
+    assert_eq!(log.iter().map(|l| l.iter_losses.len()).collect::<Vec<_>>(), [2, 3], "iterations per epoch");
 }
 
 #[test]
