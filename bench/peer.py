@@ -294,12 +294,29 @@ def mode_infer(args):
                       "ms_median": times[len(times) // 2], "images_per_s": args.batch * 1e3 / mean}))
 
 
+def positive(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
+    return int(text)
+
+
+def matmul_shapes(text):
+    """'197x384x384,197x384x1536' -> [(197, 384, 384), (197, 384, 1536)]."""
+    shapes = []
+    for part in text.split(","):
+        dims = part.split("x")
+        if len(dims) != 3 or not all(d.isdigit() and int(d) > 0 for d in dims):
+            raise argparse.ArgumentTypeError(f"{part!r} is not MxKxN with positive integers, e.g. 197x384x1536")
+        shapes.append(tuple(int(d) for d in dims))
+    return shapes
+
+
 def mode_matmul(args):
     """torch.matmul of [m, k] x [k, n] (what nn.Linear's addmm runs), best and median round."""
     torch.manual_seed(0)
     results = []
-    for shape in args.shapes.split(","):
-        m, k, n = (int(d) for d in shape.split("x"))
+    shapes = args.shapes if isinstance(args.shapes, list) else matmul_shapes(args.shapes)
+    for m, k, n in shapes:
         x, w = torch.randn(m, k), torch.randn(k, n)
         for _ in range(3):
             x @ w
@@ -495,9 +512,10 @@ def main():
     i.add_argument("--iters", type=int, default=10)
     i.add_argument("--warmup", type=int, default=2)
     m = sub.add_parser("matmul")
-    m.add_argument("--shapes", default="197x384x384,197x384x1536,197x1536x384", help="comma-separated MxKxN")
-    m.add_argument("--iters", type=int, default=20)
-    m.add_argument("--rounds", type=int, default=15)
+    m.add_argument("--shapes", type=matmul_shapes, default="197x384x384,197x384x1536,197x1536x384",
+                   help="comma-separated MxKxN")
+    m.add_argument("--iters", type=positive, default=20)
+    m.add_argument("--rounds", type=positive, default=15)
     k = sub.add_parser("knn-raw")
     k.add_argument("--data_path", required=True)
     k.add_argument("--k", type=int, default=20)

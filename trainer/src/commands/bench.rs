@@ -57,6 +57,7 @@ pub struct MatmulArgs {
     /// Timed rounds per shape; the best and the median round are reported.
     #[arg(long, default_value_t = 15)]
     pub rounds: usize,
+    /// Where the products run (cpu: Burn's flex backend, threads from RAYON_NUM_THREADS).
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
 }
@@ -253,18 +254,31 @@ fn infer(a: &InferArgs) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
-/// "197x384x1536" -> (197, 384, 1536).
-fn parse_shape(text: &str) -> anyhow::Result<(usize, usize, usize)> {
-    let dims: Vec<usize> = text.split('x').map(|d| d.trim().parse::<usize>()).collect::<Result<_, _>>()
-        .map_err(|_| anyhow::anyhow!("--shapes {text}: expected MxKxN with positive integers, e.g. 197x384x1536"))?;
-    match dims[..] {
-        [m, k, n] if m > 0 && k > 0 && n > 0 => Ok((m, k, n)),
-        _ => anyhow::bail!("--shapes {text}: expected MxKxN with positive integers, e.g. 197x384x1536"),
+/// The most elements of one matrix of `dino bench matmul` (2^28: 1 GiB of f32).
+const MATMUL_MAX_ELEMENTS: usize = 1 << 28;
+
+/// One product of `--shapes` ("197x384x1536" -> (197, 384, 1536)); `all` is the whole flag, for
+/// the error.
+///
+/// # Errors
+/// Not three positive integers, or a matrix over [`MATMUL_MAX_ELEMENTS`].
+fn parse_shape(text: &str, all: &str) -> anyhow::Result<(usize, usize, usize)> {
+    let bad = || anyhow::anyhow!("--shapes {all:?}: {text:?} is not MxKxN with positive integers, e.g. 197x384x1536");
+    let dims: Vec<usize> = text.split('x').map(|d| d.trim().parse::<usize>()).collect::<Result<_, _>>().map_err(|_| bad())?;
+    let [m, k, n] = dims[..] else { return Err(bad()) };
+    if m == 0 || k == 0 || n == 0 {
+        return Err(bad());
     }
+    let fits = |a: usize, b: usize| a.checked_mul(b).is_some_and(|e| e <= MATMUL_MAX_ELEMENTS);
+    anyhow::ensure!(
+        fits(m, k) && fits(k, n) && fits(m, n),
+        "--shapes {all:?}: {text} needs a matrix of more than 2^28 elements (1 GiB of f32)"
+    );
+    Ok((m, k, n))
 }
 
 fn matmul(a: &MatmulArgs) -> anyhow::Result<serde_json::Value> {
-    let shapes = a.shapes.split(',').map(parse_shape).collect::<anyhow::Result<Vec<_>>>()?;
+    let shapes = a.shapes.split(',').map(|text| parse_shape(text, &a.shapes)).collect::<anyhow::Result<Vec<_>>>()?;
     anyhow::ensure!(a.iters > 0 && a.rounds > 0, "--iters and --rounds must be at least 1");
     let device = device::select(a.device);
     device.seed(0);
@@ -288,7 +302,7 @@ fn matmul(a: &MatmulArgs) -> anyhow::Result<serde_json::Value> {
             })
             .collect();
         rounds.sort_by(f64::total_cmp);
-        let gflops = |secs: f64| 2.0 * (m * k * n) as f64 / secs / 1e9;
+        let gflops = |secs: f64| 2.0 * m as f64 * k as f64 * n as f64 / secs / 1e9;
         results.push(json!({"m": m, "k": k, "n": n, "gflops_best": gflops(rounds[0]), "gflops_median": gflops(rounds[rounds.len() / 2])}));
     }
     Ok(json!({
