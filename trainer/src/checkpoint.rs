@@ -42,6 +42,9 @@ pub fn save_checkpoint(path: &Path, state: &TrainState, config: &TrainConfig) ->
     if let Some(iterations) = state.iterations {
         meta.insert("iterations".into(), iterations.to_string());
     }
+    if state.epoch_cut {
+        meta.insert("epoch_cut".into(), "true".into());
+    }
     meta.insert("args".into(), serde_json::to_string(config)?);
     meta.insert("vit".into(), serde_json::to_string(state.teacher.backbone.config())?);
     meta.insert("head".into(), serde_json::to_string(state.teacher.head.config())?);
@@ -85,5 +88,6 @@ pub fn load_checkpoint(path: &Path, config: &TrainConfig, device: &Device) -> an
         Some(text) => Some(text.parse().map_err(|_| bad(format!("iterations {text:?} in the metadata is not a count")))?),
         None => None,
     };
-    Ok(TrainState { epoch, iterations, student, teacher, optimizer, center, scaler })
+    let epoch_cut = meta.get("epoch_cut").is_some_and(|v| v == "true");
+    Ok(TrainState { epoch, iterations, epoch_cut, student, teacher, optimizer, center, scaler })
 }

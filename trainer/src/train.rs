@@ -48,6 +48,8 @@ pub struct TrainState {
     /// Optimizer iterations done in all (fewer than `epoch` x iterations per epoch when
     /// `--max_iters` cut the last epoch short); `None` in checkpoints written before it was kept.
     pub iterations: Option<usize>,
+    /// `--max_iters` stopped the last epoch before its end.
+    pub epoch_cut: bool,
     pub student: Dino,
     pub teacher: Dino,
     pub optimizer: AdamW,
@@ -68,7 +70,7 @@ impl TrainState {
         let student = Dino::new(&vit, &cfg.head(vit.embed_dim), &ad);
         // Plain tensors: the teacher never gets a gradient.
         let teacher = student.valid();
-        Ok(Self { epoch: 0, iterations: Some(0), student, teacher, optimizer: AdamW::default(),
+        Ok(Self { epoch: 0, iterations: Some(0), epoch_cut: false, student, teacher, optimizer: AdamW::default(),
             center: Tensor::zeros([1, cfg.out_dim], device),
             scaler: cfg.use_fp16.then(GradScaler::default),
         })
@@ -414,7 +416,7 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
             ckpt_path.display(),
             cfg.max_iters
         );
-    } else if iterations_done < state.epoch * niter {
+    } else if state.epoch_cut {
         // Epochs restart from (seed, epoch): the rest of a cut epoch is not replayed.
         eprintln!(
             "the checkpoint {} was stopped by --max_iters after {iterations_done} iterations, within epoch {}: training goes on from epoch {} (the rest of epoch {} is not trained)",
@@ -426,6 +428,7 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
     }
     let mut final_knn = None;
     for epoch in state.epoch..cfg.epochs {
+        let before = iterations_done;
         let (s, log) = train_one_epoch(state, &mut loss_fn, &dataset, cfg, &schedules, epoch, &mut iterations_done, &ckpt_path, &ad)?;
         state = s;
         let Some(mut log) = log else { break };
@@ -458,6 +461,7 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
         logs.push(log);
         state.epoch = epoch + 1;
         state.iterations = Some(iterations_done);
+        state.epoch_cut = iterations_done - before < niter;
         state.center = loss_fn.center.clone();
         save_checkpoint(&ckpt_path, &state, cfg)?;
         if cfg.saveckp_freq > 0 && (epoch + 1) % cfg.saveckp_freq == 0 {

@@ -149,6 +149,13 @@ fn killed_and_resumed_run_equals_uninterrupted_run() {
     assert!(r.stderr.contains("stopped by --max_iters after 2 iterations"), "{}", r.stderr);
     let log = read_log(&short);
     assert_eq!(log.iter().map(|l| l.iter_losses.len()).collect::<Vec<_>>(), [2, 3], "iterations per epoch");
+    // Whole epochs are not taken for cut ones, whatever the batch size of the resume.
+    let mut args = train_args(&data, &whole, "5");
+    let at = args.iter().position(|a| *a == "--batch_size_per_gpu").unwrap() + 1;
+    args[at] = "8";
+    let r = dino(&args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stderr.contains("stopped by --max_iters"), "{}", r.stderr);
 }
 
 #[test]
