@@ -162,6 +162,14 @@ fn numeric_options_are_validated_with_one_line() {
         (vec!["train", "--batch_size_per_gpu", "64", "--accum_iter", "100"], "--accum_iter"),
         (vec!["attention", "--image", s(&photo), "--pretrained_weights", s(&m), "--image_size", "0"], "--image_size"),
         (vec!["attention", "--image", s(&photo), "--pretrained_weights", s(&m), "--num_heads", "5"], "5 heads"),
+        // The benchmarks' own flags (a zero count panicked on an empty list of times).
+        (vec!["bench", "infer", "--iters", "0"], "--iters"),
+        (vec!["bench", "infer", "--batch", "0"], "--batch"),
+        (vec!["bench", "infer", "--image_size", "230"], "--image_size 230"),
+        (vec!["bench", "step", "--iters", "0"], "--iters"),
+        (vec!["bench", "matmul", "--shapes", "197x0x384"], "--shapes"),
+        (vec!["bench", "matmul", "--shapes", "100000x100000x100000"], "--shapes"),
+        (vec!["bench", "matmul", "--rounds", "0"], "--rounds"),
     ];
     for (args, what) in cases {
         let r = dino(&[args.clone(), vec!["--device", "cpu"]].concat());

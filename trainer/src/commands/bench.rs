@@ -18,6 +18,7 @@ use rand::SeedableRng;
 use serde_json::json;
 
 use crate::augment::multi_crop;
+use crate::commands::positive;
 use crate::config::{autocast_dtype, Preset};
 use crate::data::{Dataset, Split};
 use crate::device::{self, DeviceChoice};
@@ -174,6 +175,7 @@ fn step(a: &StepArgs) -> anyhow::Result<serde_json::Value> {
     }
     (cfg.use_fp16, cfg.use_bf16) = (a.use_fp16, a.use_bf16);
     cfg.validate()?;
+    positive("--iters", a.iters)?;
     let device = device::select(a.device);
     let ad = device.clone().autodiff();
     cfg.seed = 0;
@@ -227,6 +229,9 @@ fn infer(a: &InferArgs) -> anyhow::Result<serde_json::Value> {
     let mut vit = VitConfig::from_arch(&a.arch, a.patch_size)
         .ok_or_else(|| anyhow::anyhow!("unknown --arch {} (vit_tiny, vit_small, vit_base)", a.arch))?;
     vit.img_size = a.image_size;
+    vit.validate().map_err(|e| anyhow::anyhow!("--arch {} --patch_size {} --image_size {}: {e}", a.arch, a.patch_size, a.image_size))?;
+    positive("--batch", a.batch)?;
+    positive("--iters", a.iters)?;
     let dtype = autocast_dtype(a.use_fp16, a.use_bf16)?;
     let device = device::select(a.device);
     device::check_autocast(&device, dtype)?;
@@ -279,7 +284,8 @@ fn parse_shape(text: &str, all: &str) -> anyhow::Result<(usize, usize, usize)> {
 
 fn matmul(a: &MatmulArgs) -> anyhow::Result<serde_json::Value> {
     let shapes = a.shapes.split(',').map(|text| parse_shape(text, &a.shapes)).collect::<anyhow::Result<Vec<_>>>()?;
-    anyhow::ensure!(a.iters > 0 && a.rounds > 0, "--iters and --rounds must be at least 1");
+    positive("--iters", a.iters)?;
+    positive("--rounds", a.rounds)?;
     let device = device::select(a.device);
     device.seed(0);
     let mut results = Vec::new();
@@ -316,6 +322,8 @@ fn augment(a: &AugmentArgs) -> anyhow::Result<serde_json::Value> {
     if let Some(n) = a.local_crops_number {
         cfg.local_crops_number = n;
     }
+    positive("--count", a.count)?;
+    positive("--repeat", a.repeat)?;
     let pictures: Vec<image::RgbImage> = match crate::images::list_images(&a.data_path) {
         Ok(files) if !files.is_empty() => files
             .iter()
