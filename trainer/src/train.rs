@@ -402,7 +402,8 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
         cfg.epochs,
         cfg.accum_iter,
         2 + cfg.local_crops_number,
-        device::replicas(cfg.replicas, &device)
+        // A replica takes at least one picture of the step's batch (`step::train_step`).
+        device::replicas(cfg.replicas, &device).min(bs)
     );
 
     let ad = device.clone().autodiff();
