@@ -208,7 +208,7 @@ def section_matmul(r, q):
     args = ["--shapes", shapes, "--iters", "2" if q else "20", "--rounds", "2" if q else "15"]
     runs = []
     for _ in range(r.args.repeat):
-        runs.append((r.ours("matmul", *args), r.peer("matmul", *args)))
+        runs.append((r.ours("matmul", *args, "--device", r.args.device), r.peer("matmul", *args)))
     rows, raw = [], []
     for i, (label, shape) in enumerate(MATMUL_SHAPES[:3 if q else None]):
         ours = median([o["shapes"][i]["gflops_best"] for o, _ in runs])

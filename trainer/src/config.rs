@@ -150,7 +150,8 @@ pub struct TrainConfig {
     /// scaling and the iterations per epoch follow the larger batch). Default 1.
     #[arg(long)]
     pub accum_iter: usize,
-    /// Stop after this many iterations in all (0: no limit); for smoke tests and benchmarks.
+    /// Stop after this many iterations in all (0: no limit), counted over all epochs and resumes;
+    /// an epoch it cuts short is not replayed on resume. For smoke tests and benchmarks.
     #[arg(long)]
     pub max_iters: usize,
     /// Time every phase of a step (waits for the device after each: slower, for profiling).

@@ -149,6 +149,22 @@ pub struct Parallelism {
     pub accum_iter: usize,
 }
 
+impl Parallelism {
+    /// The batch's parts (micro-batches) and how many of them each replica runs, for a step
+    /// batch of `batch` pictures: at least one picture per part.
+    fn split(self, batch: usize) -> (usize, usize) {
+        let parts = (self.replicas.max(1) * self.accum_iter.max(1)).clamp(1, batch.max(1));
+        (parts, parts.div_ceil(self.replicas.max(1)))
+    }
+
+    /// The replicas that run on a step batch of `batch` pictures (fewer than asked when the
+    /// batch has fewer pictures than replicas x micro-batches).
+    pub fn replicas_that_run(self, batch: usize) -> usize {
+        let (parts, per_replica) = self.split(batch);
+        parts.div_ceil(per_replica)
+    }
+}
+
 /// Run one step on `crops` split as `parallel` says. Returns the new state and the loss; a
 /// non-finite loss is `Err(value)` and the state comes back unchanged (no update is applied).
 pub fn train_step(
@@ -161,7 +177,7 @@ pub fn train_step(
 ) -> (TrainState, Result<StepValues, f64>) {
     let b = crops.globals.dims()[0] / 2;
     let loss_scale = state.scaler.map(|s| s.scale);
-    let parts = (parallel.replicas.max(1) * parallel.accum_iter.max(1)).clamp(1, b.max(1));
+    let (parts, per_replica) = parallel.split(b);
     let share = if parts == 1 {
         // The teacher sees the global crops only, without gradients (plain tensors).
         let Crops { globals, locals, ncrops } = crops;
@@ -179,7 +195,6 @@ pub fn train_step(
             // consecutive ones and runs them in turn.
             let bounds: Vec<(usize, usize)> =
                 (0..parts).map(|i| (i * b / parts, (i + 1) * b / parts - i * b / parts)).collect();
-            let per_replica = parts.div_ceil(parallel.replicas.max(1));
             let device = crops.globals.device();
             // Drop-path masks: one generator per micro-batch, seeded here from the device's
             // generator in micro-batch order, so that the replicas' masks do not depend on which
@@ -329,6 +344,15 @@ mod tests {
             assert!(run_on(Device::flex(), None, parallel, 8, 2, 0.3) == first, "a seeded run with drop-path changed");
         }
         assert!(run_on(Device::flex(), None, parallel, 8, 2, 0.0).0 != first.0, "drop-path changed nothing");
+    }
+
+    /// The replicas that run: at most one per picture, and as many as the chunks of
+    /// micro-batches (3 replicas x 2 micro-batches on 4 pictures: 4 parts, 2 per replica, 2 run).
+    #[test]
+    fn replicas_that_run_follow_the_split() {
+        for (replicas, accum_iter, batch, run) in [(2, 1, 64, 2), (1000, 1, 16, 16), (3, 2, 4, 2), (3, 1, 5, 3), (2, 2, 5, 2), (1, 4, 8, 1)] {
+            assert_eq!(Parallelism { replicas, accum_iter }.replicas_that_run(batch), run, "{replicas} x {accum_iter} on {batch}");
+        }
     }
 
     /// Data parallel and gradient accumulation equal one device (issue: equivalence-tested): 2

@@ -402,25 +402,27 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
         cfg.epochs,
         cfg.accum_iter,
         2 + cfg.local_crops_number,
-        // A replica takes at least one picture of the step's batch (`step::train_step`).
-        device::replicas(cfg.replicas, &device).min(bs)
+        Parallelism { replicas: device::replicas(cfg.replicas, &device), accum_iter: cfg.accum_iter }.replicas_that_run(bs)
     );
 
     let ad = device.clone().autodiff();
     let mut iterations_done = state.iterations.unwrap_or(state.epoch * niter);
+    // Checkpoints written before the count was kept: epochs x iterations per epoch.
+    let estimated = if state.iterations.is_some() { "" } else { " (estimated: an older checkpoint without its count)" };
     // A resume past the end trains nothing: say why instead of passing silently.
+    let max_iters_reached = cfg.max_iters > 0 && iterations_done >= cfg.max_iters;
     if state.epoch >= cfg.epochs {
         eprintln!("nothing to train: the checkpoint {} is at epoch {} of --epochs {}; raise --epochs to train on", ckpt_path.display(), state.epoch, cfg.epochs);
-    } else if cfg.max_iters > 0 && iterations_done >= cfg.max_iters {
+    } else if max_iters_reached {
         eprintln!(
-            "nothing to train: the checkpoint {} holds {iterations_done} iterations, --max_iters {} (iterations in all, across epochs) is reached; raise --max_iters to train on",
+            "nothing to train: the checkpoint {} has done {iterations_done} iterations{estimated}, the limit of --max_iters {} (counted over all epochs and resumes); raise --max_iters, or set it to 0 for no limit",
             ckpt_path.display(),
             cfg.max_iters
         );
     } else if state.epoch_cut {
         // Epochs restart from (seed, epoch): the rest of a cut epoch is not replayed.
         eprintln!(
-            "the checkpoint {} was stopped by --max_iters after {iterations_done} iterations, within epoch {}: training goes on from epoch {} (the rest of epoch {} is not trained)",
+            "the run that wrote {} was stopped by --max_iters after {iterations_done} iterations, within epoch {}: training goes on from epoch {} (the rest of epoch {} is not trained)",
             ckpt_path.display(),
             state.epoch,
             state.epoch + 1,
@@ -428,7 +430,8 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
         );
     }
     let mut final_knn = None;
-    for epoch in state.epoch..cfg.epochs {
+    let first_epoch = if max_iters_reached { cfg.epochs } else { state.epoch };
+    for epoch in first_epoch..cfg.epochs {
         let before = iterations_done;
         let (s, log) = train_one_epoch(state, &mut loss_fn, &dataset, cfg, &schedules, epoch, &mut iterations_done, &ckpt_path, &ad)?;
         state = s;
@@ -462,7 +465,7 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
         logs.push(log);
         state.epoch = epoch + 1;
         state.iterations = Some(iterations_done);
-        state.epoch_cut = iterations_done - before < niter;
+        state.epoch_cut = cfg.max_iters > 0 && iterations_done >= cfg.max_iters && iterations_done - before < niter;
         state.center = loss_fn.center.clone();
         save_checkpoint(&ckpt_path, &state, cfg)?;
         if cfg.saveckp_freq > 0 && (epoch + 1) % cfg.saveckp_freq == 0 {

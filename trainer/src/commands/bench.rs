@@ -49,7 +49,8 @@ pub enum Bench {
 #[derive(clap::Args, Debug)]
 #[command(rename_all = "snake_case")]
 pub struct MatmulArgs {
-    /// Comma-separated products MxKxN, e.g. 197x384x1536 (a ViT-S/16 fc1 at batch 1).
+    /// Comma-separated products MxKxN, e.g. 197x384x1536 (a ViT-S/16 fc1 at batch 1); each
+    /// matrix at most 2^28 elements, each product at most 2^37 multiply-adds.
     #[arg(long, default_value = "197x384x384,197x384x1536,197x1536x384")]
     pub shapes: String,
     /// Products per timed round.
@@ -262,13 +263,19 @@ fn infer(a: &InferArgs) -> anyhow::Result<serde_json::Value> {
 /// The most elements of one matrix of `dino bench matmul` (2^28: 1 GiB of f32).
 const MATMUL_MAX_ELEMENTS: usize = 1 << 28;
 
+/// The most multiply-adds of one product of `dino bench matmul` (2^37, e.g. 4096 x 4096 x 8192:
+/// about a second on two cores).
+const MATMUL_MAX_WORK: usize = 1 << 37;
+
 /// One product of `--shapes` ("197x384x1536" -> (197, 384, 1536)); `all` is the whole flag, for
 /// the error.
 ///
 /// # Errors
-/// Not three positive integers, or a matrix over [`MATMUL_MAX_ELEMENTS`].
+/// Not three positive integers, a matrix over [`MATMUL_MAX_ELEMENTS`] or a product over
+/// [`MATMUL_MAX_WORK`].
 fn parse_shape(text: &str, all: &str) -> anyhow::Result<(usize, usize, usize)> {
-    let bad = || anyhow::anyhow!("--shapes {all:?}: {text:?} is not MxKxN with positive integers, e.g. 197x384x1536");
+    let at = if text == all { format!("--shapes {all:?}") } else { format!("--shapes {all:?}: {text:?}") };
+    let bad = || anyhow::anyhow!("{at} is not MxKxN with positive integers, e.g. 197x384x1536");
     let dims: Vec<usize> = text.split('x').map(|d| d.trim().parse::<usize>()).collect::<Result<_, _>>().map_err(|_| bad())?;
     let [m, k, n] = dims[..] else { return Err(bad()) };
     if m == 0 || k == 0 || n == 0 {
@@ -277,7 +284,12 @@ fn parse_shape(text: &str, all: &str) -> anyhow::Result<(usize, usize, usize)> {
     let fits = |a: usize, b: usize| a.checked_mul(b).is_some_and(|e| e <= MATMUL_MAX_ELEMENTS);
     anyhow::ensure!(
         fits(m, k) && fits(k, n) && fits(m, n),
-        "--shapes {all:?}: {text} needs a matrix of more than 2^28 elements (1 GiB of f32)"
+        "{at}: each of m x k, k x n and m x n must be at most 2^28 elements (1 GiB of f32)"
+    );
+    let work = m.checked_mul(k).and_then(|mk| mk.checked_mul(n));
+    anyhow::ensure!(
+        work.is_some_and(|w| w <= MATMUL_MAX_WORK),
+        "{at}: m x k x n must be at most 2^37 multiply-adds (e.g. 4096x4096x8192)"
     );
     Ok((m, k, n))
 }
