@@ -11,6 +11,8 @@
 #   bench/gpu.sh [DINO] [OUT_DIR]        DINO: the binary (default target/release/dino)
 #   QUICK=1 bench/gpu.sh ...             tiny sizes (a check of the script on lavapipe)
 #   BATCHES="8 32 128" ITERS=10 ...      the step's batch sizes and timed iterations
+#   DEADLINE=400 ...                     seconds: the cases left after it are recorded as skipped
+#                                        (the device machine gives 10 minutes a command)
 #
 # Precision: ours runs f32 and f16 (`--use_fp16 true`: f16 products with loss scaling; WGSL has no
 # bf16, so `--use_bf16` is for the cpu only); the peer fp32 and bf16 autocast. The table puts
@@ -38,15 +40,21 @@ if command -v nvidia-smi >/dev/null && nvidia-smi -L; then cuda=cuda; fi
 echo "peer device: $cuda; torch $($py -c 'import torch; print(torch.__version__, torch.cuda.is_available())')"
 
 if [ "${QUICK:-0}" = 1 ]; then
-  BATCHES="${BATCHES:-2}"; ITERS="${ITERS:-1}"; WARMUP=1; INFER_BATCHES="1"; IMG=64; PRESET=small
+  BATCHES="${BATCHES:-2}"; ITERS="${ITERS:-1}"; WARMUP=1; INFER_BATCHES="${INFER_BATCHES:-1}"; IMG=64; PRESET=small
 else
-  BATCHES="${BATCHES:-8 32 128}"; ITERS="${ITERS:-10}"; WARMUP=2; INFER_BATCHES="1 32"; IMG=224; PRESET=imagenet
+  BATCHES="${BATCHES:-32 128 8}"; ITERS="${ITERS:-10}"; WARMUP=2; INFER_BATCHES="${INFER_BATCHES:-1 32}"; IMG=224; PRESET=imagenet
 fi
+start=$SECONDS
 
 # Each case is bounded: a slow or failed one is recorded and the script goes on.
 run() { # label, command...
   local label="$1"; shift
   local line
+  if [ "${DEADLINE:-0}" -gt 0 ] && [ $((SECONDS - start)) -ge "$DEADLINE" ]; then
+    echo "{\"case\": \"$label\", \"error\": \"skipped: DEADLINE=$DEADLINE s reached\"}" >> "$jsonl"
+    echo "$label: skipped (DEADLINE)"
+    return
+  fi
   line=$(timeout "${CASE_TIMEOUT:-240}" "$@" 2>"$out/last.err" | tail -1)
   if [ -n "$line" ] && [ "${line:0:1}" = "{" ]; then
     echo "$line" | $py -c "import json,sys; d=json.loads(sys.stdin.read()); d['case']='$label'; print(json.dumps(d))" >> "$jsonl"
@@ -58,20 +66,30 @@ run() { # label, command...
 }
 
 "$dino" bench infer --device wgpu --image_size 32 --iters 1 --warmup 0 2>&1 | grep -m1 "device:" | tee "$out/adapter.txt"
-for b in $BATCHES; do
+step_case() { # batch
+  local b="$1"
   run "step ours wgpu f32 b$b" "$dino" bench step --preset "$PRESET" --batch_size_per_gpu "$b" --device wgpu --iters "$ITERS" --warmup "$WARMUP"
-  run "step ours wgpu f16 b$b" "$dino" bench step --preset "$PRESET" --batch_size_per_gpu "$b" --device wgpu --use_fp16 true --iters "$ITERS" --warmup "$WARMUP"
   for dt in fp32 bf16; do
     run "step peer $cuda $dt b$b" $py bench/peer.py --dino "$dino" step --preset "$PRESET" --batch_size_per_gpu "$b" --device "$cuda" --dtype "$dt" --iters "$ITERS" --warmup "$WARMUP"
   done
-done
-for b in $INFER_BATCHES; do
+  run "step ours wgpu f16 b$b" "$dino" bench step --preset "$PRESET" --batch_size_per_gpu "$b" --device wgpu --use_fp16 true --iters "$ITERS" --warmup "$WARMUP"
+}
+infer_case() { # batch
+  local b="$1"
   run "infer ours wgpu f32 b$b" "$dino" bench infer --image_size "$IMG" --batch "$b" --device wgpu --iters "$ITERS" --warmup "$WARMUP"
-  run "infer ours wgpu f16 b$b" "$dino" bench infer --image_size "$IMG" --batch "$b" --device wgpu --use_fp16 true --iters "$ITERS" --warmup "$WARMUP"
   for dt in fp32 bf16; do
     run "infer peer $cuda $dt b$b" $py bench/peer.py infer --image_size "$IMG" --batch "$b" --device "$cuda" --dtype "$dt" --iters "$ITERS" --warmup "$WARMUP"
   done
+  run "infer ours wgpu f16 b$b" "$dino" bench infer --image_size "$IMG" --batch "$b" --device wgpu --use_fp16 true --iters "$ITERS" --warmup "$WARMUP"
+}
+# Step and inference cases alternate (the first batch of each first), so a DEADLINE leaves a
+# table with both kinds.
+steps=($BATCHES); infers=($INFER_BATCHES)
+for ((i = 0; i < ${#steps[@]} || i < ${#infers[@]}; i++)); do
+  [ -n "${steps[i]:-}" ] && step_case "${steps[i]}"
+  [ -n "${infers[i]:-}" ] && infer_case "${infers[i]}"
 done
+echo "cases took $((SECONDS - start)) s"
 
 # The table: images/s of each case and ours / peer-fp32, ours / peer-bf16.
 $py - "$jsonl" "$out/gpu.md" <<'EOF'
