@@ -11,6 +11,7 @@
 #   bench/gpu.sh [DINO] [OUT_DIR]        DINO: the binary (default target/release/dino)
 #   QUICK=1 bench/gpu.sh ...             tiny sizes (a check of the script on lavapipe)
 #   BATCHES="8 32 128" ITERS=10 ...      the step's batch sizes and timed iterations
+#   INFER_BATCHES="1 32"                 inference batch sizes (an empty list: none)
 #   DEADLINE=400 ...                     seconds: the cases left after it are recorded as skipped
 #                                        (the device machine gives 10 minutes a command)
 #
@@ -40,9 +41,9 @@ if command -v nvidia-smi >/dev/null && nvidia-smi -L; then cuda=cuda; fi
 echo "peer device: $cuda; torch $($py -c 'import torch; print(torch.__version__, torch.cuda.is_available())')"
 
 if [ "${QUICK:-0}" = 1 ]; then
-  BATCHES="${BATCHES:-2}"; ITERS="${ITERS:-1}"; WARMUP=1; INFER_BATCHES="${INFER_BATCHES:-1}"; IMG=64; PRESET=small
+  BATCHES="${BATCHES-2}"; ITERS="${ITERS:-1}"; WARMUP=1; INFER_BATCHES="${INFER_BATCHES-1}"; IMG=64; PRESET=small
 else
-  BATCHES="${BATCHES:-32 128 8}"; ITERS="${ITERS:-10}"; WARMUP=2; INFER_BATCHES="${INFER_BATCHES:-1 32}"; IMG=224; PRESET=imagenet
+  BATCHES="${BATCHES-32 128 8}"; ITERS="${ITERS:-10}"; WARMUP=2; INFER_BATCHES="${INFER_BATCHES-1 32}"; IMG=224; PRESET=imagenet
 fi
 start=$SECONDS
 
@@ -97,7 +98,9 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 def ips(case):
     r = next((r for r in rows if r.get("case") == case), None)
-    return None if r is None or "error" in r else r.get("images_per_s")
+    if r is None or "error" in r:
+        return "skipped" if r is not None and r["error"].startswith("skipped") else "failed"
+    return r.get("images_per_s")
 lines = ["| case | ours f32 img/s | ours f16 img/s | peer fp32 img/s | peer bf16 img/s | ours f32 / peer fp32 | ours f16 / peer bf16 |",
          "|---|---|---|---|---|---|---|"]
 cases = sorted({" ".join(r["case"].split()[:1] + r["case"].split()[-1:]) for r in rows})
@@ -106,8 +109,8 @@ for kind_b in cases:
     dev = next((r["case"].split()[2] for r in rows if r["case"].startswith(f"{kind} peer") and r["case"].endswith(b)), "cuda")
     o, o16 = ips(f"{kind} ours wgpu f32 {b}"), ips(f"{kind} ours wgpu f16 {b}")
     f, h = ips(f"{kind} peer {dev} fp32 {b}"), ips(f"{kind} peer {dev} bf16 {b}")
-    fmt = lambda v: "failed" if v is None else f"{v:.1f}"
-    ratio = lambda a, c: "–" if a is None or c is None else f"{a / c:.2f}x"
+    fmt = lambda v: v if isinstance(v, str) else f"{v:.1f}"
+    ratio = lambda a, c: "–" if isinstance(a, str) or isinstance(c, str) else f"{a / c:.2f}x"
     lines.append(f"| {kind} {b} | {fmt(o)} | {fmt(o16)} | {fmt(f)} | {fmt(h)} | {ratio(o, f)} | {ratio(o16, h)} |")
 open(sys.argv[2], "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
