@@ -5,6 +5,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::attention_maps::AttentionMaps;
 use crate::views::PatchFeatures;
 use crate::preprocess::ModelInput;
+use crate::config::VitConfig;
 use crate::vit::VisionTransformer;
 
 /// Stack equally sized inputs into a [B, 3, H, W] tensor.
@@ -18,29 +19,60 @@ pub fn batch_tensor(inputs: &[&ModelInput], device: &Device) -> Tensor<4> {
     Tensor::from_data(TensorData::new(data, [inputs.len(), 3, h, w]), device)
 }
 
-/// The most memory one block's attention matrix [heads, T, T] (f32) of one picture may take.
-pub const MAX_ATTENTION_BYTES: u64 = 2 << 30;
+/// The most memory (bytes) one tensor of a block's forward pass may take, over all the inputs
+/// of one forward pass: the attention matrices [B, heads, T, T], the MLP's hidden activations
+/// [B, T, hidden] and the input [B, 3, H, W] (f32). 2 GiB.
+pub const MAX_ACTIVATION_BYTES: u64 = 2 << 30;
 
-/// Whether a `height x width` input fits the model's memory bound: each block holds a
-/// [heads, T, T] attention matrix (T = prefix tokens + patches), which grows with the fourth
-/// power of the side.
+/// Bytes (f32) of the largest tensor a block holds for one `height x width` input: the
+/// attention [heads, T, T] (T = prefix tokens + patches: it grows with the fourth power of the
+/// side), the MLP's hidden activations [T, hidden], or the input [3, H, W] (large for few
+/// patches). In u128: no size of `usize` overflows it.
+pub fn activation_bytes(cfg: &VitConfig, height: usize, width: usize) -> u128 {
+    let p = cfg.patch_size.max(1) as u128;
+    let (h, w) = (height as u128, width as u128);
+    let tokens = ((h / p) * (w / p)).saturating_add(cfg.num_prefix_tokens() as u128);
+    let attention = tokens.saturating_mul(tokens).saturating_mul(cfg.num_heads as u128);
+    let mlp = tokens.saturating_mul(cfg.mlp_hidden() as u128);
+    let input = (h * w).saturating_mul(3);
+    attention.max(mlp).max(input).saturating_mul(4)
+}
+
+/// How many `height x width` inputs one forward pass may take within [`MAX_ACTIVATION_BYTES`]
+/// (at least 1): the evaluation commands split their batches to it, which changes no feature.
+pub fn max_batch(cfg: &VitConfig, height: usize, width: usize) -> usize {
+    let per_input = activation_bytes(cfg, height, width).max(1);
+    usize::try_from(u128::from(MAX_ACTIVATION_BYTES) / per_input).unwrap_or(usize::MAX).max(1)
+}
+
+/// Whether `count` inputs of `height x width` fit one forward pass: the largest tensor of a
+/// block at most [`MAX_ACTIVATION_BYTES`].
 ///
 /// # Errors
-/// The matrix would exceed [`MAX_ATTENTION_BYTES`]; the message names `--image_size`.
-pub fn check_input_size(model: &VisionTransformer, height: usize, width: usize) -> Result<(), String> {
-    let cfg = model.config();
-    let p = cfg.patch_size.max(1);
-    let tokens = (cfg.num_prefix_tokens() + (height / p) * (width / p)) as u64;
-    let bytes = (cfg.num_heads as u64).saturating_mul(tokens).saturating_mul(tokens).saturating_mul(4);
-    if bytes > MAX_ATTENTION_BYTES {
+/// The bound is exceeded; the message names `flag` (the option to change: `--image_size`,
+/// `--global_crops_size`, `--batch_size_per_gpu`, ...) and says what the inputs are (`noun`,
+/// e.g. "input(s)" or "global crops (2 per picture)").
+pub fn check_activation_size(cfg: &VitConfig, flag: &str, count: usize, noun: &str, height: usize, width: usize) -> Result<(), String> {
+    let bytes = activation_bytes(cfg, height, width).saturating_mul(count as u128);
+    if bytes > u128::from(MAX_ACTIVATION_BYTES) {
+        let p = cfg.patch_size.max(1) as u128;
         return Err(format!(
-            "--image_size: a {height}x{width} px input is {} patches of {p} px; one block's attention would take {:.1} GB (at most {} GB): choose a smaller size",
-            (height / p) * (width / p),
-            bytes as f64 / 1e9,
-            MAX_ATTENTION_BYTES >> 30
+            "{flag}: {count} {noun} of {height}x{width} px ({} patches of {p} px each): one block's attention or MLP activations would take {:.1} GiB (at most {} GiB)",
+            (height as u128 / p) * (width as u128 / p),
+            bytes as f64 / (1u64 << 30) as f64,
+            MAX_ACTIVATION_BYTES >> 30,
         ));
     }
     Ok(())
+}
+
+/// Whether one `height x width` input fits the model's memory bound
+/// ([`check_activation_size`]).
+///
+/// # Errors
+/// The bound is exceeded; the message names `--image_size`.
+pub fn check_input_size(model: &VisionTransformer, height: usize, width: usize) -> Result<(), String> {
+    check_activation_size(model.config(), "--image_size", 1, "input", height, width)
 }
 
 /// CLS features [1, dim] and block `block`'s attention [1, heads, T, T] of one picture
@@ -124,6 +156,23 @@ pub fn patch_features(tokens: TensorData, model: &VisionTransformer, input: &Mod
 
 #[cfg(test)]
 mod tests {
+    /// The memory rule's numbers for the official ViT-S/16 at 224 px, by hand: 197 tokens; the
+    /// MLP's [197, 1536] is the largest tensor (attention [6, 197, 197] = 232854, input
+    /// [3, 224, 224] = 150528 floats), 1210368 bytes; 2 GiB / that = 1774 inputs per pass.
+    #[test]
+    fn activation_bound_of_vit_small_16() {
+        let cfg = crate::VitConfig::from_arch("vit_small", 16).unwrap();
+        assert_eq!(super::activation_bytes(&cfg, 224, 224), 197 * 1536 * 4);
+        assert_eq!(super::max_batch(&cfg, 224, 224), 1774);
+        assert!(super::check_activation_size(&cfg, "--batch", 1774, "inputs", 224, 224).is_ok());
+        let e = super::check_activation_size(&cfg, "--batch", 1775, "inputs", 224, 224).unwrap_err();
+        assert!(e.starts_with("--batch: 1775 inputs of 224x224 px (196 patches of 16 px each)"), "{e}");
+        // Attention dominates at 448 px: 785 tokens, 6 x 785^2 floats.
+        assert_eq!(super::activation_bytes(&cfg, 448, 448), 6 * 785 * 785 * 4);
+        // Saturating, not overflowing, at any size.
+        assert!(super::check_activation_size(&cfg, "--image_size", usize::MAX, "inputs", usize::MAX, usize::MAX).is_err());
+    }
+
     use super::*;
     use crate::config::VitConfig;
 

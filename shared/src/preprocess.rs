@@ -31,6 +31,16 @@ pub enum PreprocessError {
     BadSize(Vec<usize>),
 }
 
+impl PreprocessError {
+    /// Whether the requested size is at fault rather than the picture: every variant but
+    /// [`PreprocessError::TooSmall`]. Commands over a folder skip and count a picture that is
+    /// too small, and stop with one line on these (every other picture would fail the same way,
+    /// or the size would silently drop the pictures it cannot take).
+    pub fn is_size_flag_error(&self) -> bool {
+        !matches!(self, Self::TooSmall { .. })
+    }
+}
+
 /// Decode a picture from its bytes, recognising the format by content (not by file name):
 /// JPEG, PNG, WebP, BMP, TIFF, GIF. The message says what is wrong; callers add the file name.
 ///

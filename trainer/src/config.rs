@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::augment::MultiCrop;
 use crate::device::DeviceChoice;
+use dino_shared::inference::check_activation_size;
 use dino_shared::{HeadConfig, VitConfig};
 
 /// Every setting of `dino train`, declared once: each field is a key of the TOML file given by
@@ -308,6 +309,8 @@ impl TrainConfig {
 
     pub fn vit(&self) -> anyhow::Result<VitConfig> {
         let img = self.global_crops_size;
+        // Before the remainders below (a zero patch size divided by zero).
+        anyhow::ensure!(self.patch_size > 0, "--patch_size must be at least 1");
         anyhow::ensure!(
             img % self.patch_size == 0 && self.local_crops_size % self.patch_size == 0,
             "crop sizes {} / {} must be multiples of --patch_size {}",
@@ -315,7 +318,6 @@ impl TrainConfig {
             self.local_crops_size,
             self.patch_size
         );
-        anyhow::ensure!(self.patch_size > 0, "--patch_size must be at least 1");
         let cfg = if self.arch == "custom" {
             VitConfig::custom(img, self.patch_size, self.embed_dim, self.depth, self.num_heads)
         } else {
@@ -367,6 +369,12 @@ impl TrainConfig {
         use anyhow::ensure;
         ensure!(self.batch_size_per_gpu > 0, "--batch_size_per_gpu must be at least 1");
         ensure!(self.accum_iter > 0, "--accum_iter must be at least 1");
+        ensure!(
+            self.batch_size_per_gpu.checked_mul(self.accum_iter).is_some(),
+            "--batch_size_per_gpu {} x --accum_iter {} is too large",
+            self.batch_size_per_gpu,
+            self.accum_iter
+        );
         ensure!(self.epochs > 0, "--epochs must be at least 1");
         ensure!(self.freeze_last_layer <= self.epochs, "--freeze_last_layer {} exceeds --epochs {}", self.freeze_last_layer, self.epochs);
         ensure!(self.warmup_epochs <= self.epochs, "--warmup_epochs {} exceeds --epochs {}", self.warmup_epochs, self.epochs);
@@ -393,7 +401,7 @@ impl TrainConfig {
         ensure!(self.out_dim > 0, "--out_dim must be at least 1");
         ensure!(self.head_hidden_dim > 0 && self.head_bottleneck_dim > 0, "--head_hidden_dim and --head_bottleneck_dim must be at least 1");
         ensure!(self.global_crops_size > 0 && self.local_crops_size > 0, "--global_crops_size and --local_crops_size must be at least 1");
-        ensure!(self.num_workers > 0, "--num_workers must be at least 1");
+        ensure!((1..=256).contains(&self.num_workers), "--num_workers must be between 1 and 256 (threads), got {}", self.num_workers);
         for (flag, v) in [("--global_crops_scale", &self.global_crops_scale), ("--local_crops_scale", &self.local_crops_scale), ("--blur_radius", &self.blur_radius)] {
             ensure!(v.len() == 2, "{flag} takes two numbers (min max), got {}", v.len());
         }
@@ -404,6 +412,18 @@ impl TrainConfig {
         let (b0, b1) = crops.blur_radius;
         ensure!(b0.is_finite() && b1.is_finite() && 0.0 <= b0 && b0 <= b1 && b1 <= 64.0, "--blur_radius must satisfy 0 <= min <= max <= 64 (pixels)");
         let vit = self.vit()?;
+        // One picture's crops, and a micro-batch's crops, within the models' memory bound
+        // (`check_activation_size`, as `--image_size` in the other commands): a huge size, batch
+        // or crop count is one line, not an allocation failure or an overflow. The k-NN
+        // evaluation during training runs at the global crop size and splits its batches.
+        let (b, g, l, n) = (self.batch_size_per_gpu, self.global_crops_size, self.local_crops_size, self.local_crops_number);
+        let bound = |flag: &str, count: usize, noun: &str, size: usize| {
+            check_activation_size(&vit, flag, count, noun, size, size).map_err(|e| anyhow::anyhow!("{e}"))
+        };
+        bound("--global_crops_size", 1, "crop", g)?;
+        bound("--local_crops_size", 1, "crop", l)?;
+        bound("--batch_size_per_gpu", b.saturating_mul(2), "global crops (2 per picture)", g)?;
+        bound("--local_crops_number", n.saturating_mul(b), "local crops (--local_crops_number per picture)", l)?;
         self.head(vit.embed_dim).validate().map_err(|e| anyhow::anyhow!("head: {e} (--out_dim, --head_hidden_dim, --head_bottleneck_dim)"))?;
         Ok(())
     }

@@ -4,18 +4,28 @@
 //! features on the device, so memory stays bounded at 100k+ images.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use dino_shared::inference::batch_tensor;
-use dino_shared::preprocess::{self, ModelInput};
+use dino_shared::inference::{batch_tensor, max_batch};
+use dino_shared::preprocess::{self, ModelInput, PreprocessError};
 use dino_shared::VisionTransformer;
 
 use crate::data::Dataset;
 
-/// CLS features ([n, dim], L2-normalised rows) and labels of a dataset. Unreadable files are
-/// skipped; their number is returned.
+/// CLS features ([n, dim], L2-normalised rows) and labels of a dataset. Unreadable files and
+/// pictures smaller than one patch are skipped; their number is returned.
+///
+/// # Errors
+/// `image_size` cannot be used: below one patch, or a picture resized to it would exceed the
+/// decoded-size bound (`preprocess::for_evaluation`). That is the flag's fault, not the file's,
+/// so it stops the extraction rather than being counted as a skipped file.
+///
+/// `size_flag` names the option that set `image_size` in messages (`--image_size`, or
+/// `--global_crops_size` for the evaluation during training). Batches larger than the memory
+/// bound allows at this size are split (`inference::max_batch`): the features do not change.
 pub fn extract_features(
     model: &VisionTransformer,
     data: &Dataset,
     image_size: usize,
+    size_flag: &str,
     batch_size: usize,
     device: &Device,
 ) -> anyhow::Result<(Vec<f32>, Vec<usize>, usize)> {
@@ -24,24 +34,37 @@ pub fn extract_features(
     let mut labels = Vec::new();
     let mut skipped = 0;
     let indices: Vec<usize> = (0..data.len()).collect();
-    for chunk in indices.chunks(batch_size.max(1)) {
+    let batch_size = batch_size.clamp(1, max_batch(model.config(), image_size, image_size));
+    for chunk in indices.chunks(batch_size) {
         // Decode and preprocess the chunk on two threads while keeping the order.
-        let prepared: Vec<Option<ModelInput>> = std::thread::scope(|s| {
+        let prepared: Vec<Result<Option<ModelInput>, PreprocessError>> = std::thread::scope(|s| {
             let half = chunk.len().div_ceil(2);
-            let work = |part: &[usize]| -> Vec<Option<ModelInput>> {
+            let work = |part: &[usize]| -> Vec<Result<Option<ModelInput>, PreprocessError>> {
                 part.iter()
                     .map(|&i| {
-                        let img = data.load(i).ok()?;
-                        preprocess::for_evaluation(&image::DynamicImage::ImageRgb8(img), image_size, patch).ok()
+                        let Ok(img) = data.load(i) else { return Ok(None) };
+                        match preprocess::for_evaluation(&image::DynamicImage::ImageRgb8(img), image_size, patch) {
+                            Ok(x) => Ok(Some(x)),
+                            Err(e) if e.is_size_flag_error() => Err(e),
+                            Err(_) => Ok(None),
+                        }
                     })
                     .collect()
             };
             let (a, b) = chunk.split_at(half);
             let hb = s.spawn(move || work(b));
             let mut out = work(a);
-            out.extend(hb.join().unwrap());
+            match hb.join() {
+                Ok(rest) => out.extend(rest),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
             out
         });
+        let prepared: Vec<Option<ModelInput>> = prepared
+            .into_iter()
+            .zip(chunk)
+            .map(|(x, &i)| x.map_err(|e| anyhow::anyhow!("{}: {}", data.describe(i), e.to_string().replacen("--image_size", size_flag, 1))))
+            .collect::<anyhow::Result<_>>()?;
         let mut inputs = Vec::new();
         for (x, &i) in prepared.into_iter().zip(chunk) {
             match x {
@@ -135,15 +158,16 @@ pub fn evaluate(
     train: &Dataset,
     val: &Dataset,
     image_size: usize,
+    size_flag: &str,
     batch_size: usize,
     ks: &[usize],
     temperature: f64,
     device: &Device,
 ) -> anyhow::Result<Vec<(usize, f64, f64)>> {
-    let (tf, tl, ts) = extract_features(model, train, image_size, batch_size, device)?;
-    let (vf, vl, vs) = extract_features(model, val, image_size, batch_size, device)?;
+    let (tf, tl, ts) = extract_features(model, train, image_size, size_flag, batch_size, device)?;
+    let (vf, vl, vs) = extract_features(model, val, image_size, size_flag, batch_size, device)?;
     if ts + vs > 0 {
-        eprintln!("warning: skipped {} unreadable file(s) during feature extraction", ts + vs);
+        eprintln!("warning: skipped {} unreadable file(s) or picture(s) smaller than one patch during feature extraction", ts + vs);
     }
     anyhow::ensure!(!tl.is_empty() && !vl.is_empty(), "no readable images for the k-NN evaluation");
     let classes = train.num_classes().max(val.num_classes());

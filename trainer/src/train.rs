@@ -172,6 +172,10 @@ fn batch_tensors(batch: Batch, cfg: &TrainConfig, device: &Device) -> (Tensor<4>
     (globals, locals)
 }
 
+/// The most iterations a run may have (2^27: the three per-iteration schedules then take 3 GiB;
+/// the official ImageNet run has about 1M).
+const MAX_ITERATIONS: usize = 1 << 27;
+
 fn read_log(path: &Path) -> Vec<EpochLog> {
     std::fs::read_to_string(path)
         .map(|t| t.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
@@ -202,7 +206,7 @@ impl Evaluator {
 
     /// (k, top-1 %, top-5 %) of `model`'s CLS features (official weighted k-NN, quiet).
     pub fn knn(&self, model: &dino_shared::VisionTransformer, device: &Device) -> anyhow::Result<Vec<(usize, f64, f64)>> {
-        crate::knn::evaluate(model, &self.train, &self.val, self.image_size, 256, &KNN_KS, KNN_TEMPERATURE, device)
+        crate::knn::evaluate(model, &self.train, &self.val, self.image_size, "--global_crops_size", 256, &KNN_KS, KNN_TEMPERATURE, device)
     }
 }
 
@@ -354,6 +358,15 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
         "{}: {} images, fewer than one batch of --batch_size_per_gpu x --accum_iter = {bs}",
         data_path.display(),
         dataset.len()
+    );
+    // The schedules hold one value per iteration (official `cosine_scheduler`): bounded, so that
+    // a huge --epochs is one line, not an allocation failure.
+    let iterations = cfg.epochs.checked_mul(dataset.len() / bs).filter(|&n| n <= MAX_ITERATIONS);
+    anyhow::ensure!(
+        iterations.is_some(),
+        "--epochs {} x {} iterations per epoch is over {MAX_ITERATIONS} iterations in all",
+        cfg.epochs,
+        dataset.len() / bs
     );
     dataset.ensure_readable(&data_path)?;
     let device = device::select(cfg.device);

@@ -143,6 +143,7 @@ fn numeric_options_are_validated_with_one_line() {
     let data = repo().join("data/fashion-mnist-mini");
     let m = model();
     let photo = image("astronaut.jpg");
+    let out = temp_dir("numeric-options-out");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["knn", "--pretrained_weights", s(&m), "--data_path", s(&data), "--nb_knn", "0"], "--nb_knn"),
         (vec!["knn", "--pretrained_weights", s(&m), "--data_path", s(&data), "--temperature", "0"], "--temperature"),
@@ -170,6 +171,20 @@ fn numeric_options_are_validated_with_one_line() {
         (vec!["bench", "matmul", "--shapes", "197x0x384"], "--shapes"),
         (vec!["bench", "matmul", "--shapes", "100000x100000x100000"], "--shapes"),
         (vec!["bench", "matmul", "--rounds", "0"], "--rounds"),
+        // Sizes past the memory bound: one line, not an allocation failure (they aborted) or a
+        // division by zero (--patch_size 0 panicked).
+        (vec!["train", "--patch_size", "0"], "--patch_size"),
+        (vec!["train", "--global_crops_size", "4096"], "--global_crops_size"),
+        (vec!["train", "--local_crops_size", "1024"], "--local_crops_size"),
+        (vec!["bench", "infer", "--batch", "100000"], "--batch: 100000 inputs"),
+        (vec!["bench", "infer", "--image_size", "16", "--batch", "20000000"], "--batch: 20000000 inputs"),
+        (vec!["bench", "infer", "--warmup", "18446744073709551615"], "--warmup"),
+        (vec!["train", "--local_crops_size", "68719476736"], "--local_crops_size"),
+        (vec!["train", "--epochs", "18446744073709551615", "--skip_eval", "--output_dir", s(&out)], "--epochs"),
+        (vec!["train", "--num_workers", "100000"], "--num_workers"),
+        (vec!["knn", "--pretrained_weights", s(&m), "--data_path", s(&data), "--image_size", "18446744073709551615"], "--image_size"),
+        (vec!["bench", "step", "--batch_size_per_gpu", "100000"], "--batch_size_per_gpu"),
+        (vec!["bench", "step", "--local_crops_number", "1000000"], "--local_crops_number"),
     ];
     for (args, what) in cases {
         let r = dino(&[args.clone(), vec!["--device", "cpu"]].concat());
@@ -337,4 +352,39 @@ fn full_disk_keeps_the_previous_checkpoint() {
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(errors[0].contains("checkpoint.safetensors: cannot write"), "{}", errors[0]);
     assert_eq!(std::fs::read(out.join("checkpoint.safetensors")).unwrap(), before, "the previous checkpoint changed");
+}
+
+/// A size the evaluation cannot use is the flag's fault, not the file's: k-NN, linear probe and
+/// embed stop with one line naming the picture and `--image_size` (k-NN and embed counted it as
+/// an unreadable file and went on; the linear probe dropped it without a word, and dropped
+/// unreadable files uncounted too).
+#[test]
+fn an_evaluation_size_a_picture_cannot_take_is_an_error_not_a_skipped_file() {
+    let data = temp_dir("eval-panorama");
+    for split in ["train", "val"] {
+        std::fs::create_dir_all(data.join(split).join("a")).unwrap();
+        std::fs::copy(image("chelsea.jpg"), data.join(split).join("a").join("chelsea.jpg")).unwrap();
+    }
+    std::fs::copy(image("not-an-image.jpg"), data.join("train").join("a").join("broken.jpg")).unwrap();
+    // 8 x 40000 px: at --image_size 224 its shorter side becomes 256 px, so the resized picture
+    // would be 256 x 1280000 x 3 bytes, over the decoded-size bound.
+    let pano = data.join("val").join("a").join("pano.png");
+    image::GrayImage::new(8, 40000).save(&pano).unwrap();
+    let m = model();
+    let folder = data.join("val").join("a");
+    let out = temp_dir("eval-panorama-out").join("e.npy");
+    for args in [
+        vec!["knn", "--pretrained_weights", s(&m), "--data_path", s(&data)],
+        vec!["linear", "--pretrained_weights", s(&m), "--data_path", s(&data), "--epochs", "1"],
+        vec!["embed", "--pretrained_weights", s(&m), "--data_path", s(&folder), "--output", s(&out)],
+    ] {
+        let r = dino(&[args.clone(), vec!["--image_size", "224", "--device", "cpu"]].concat());
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        let line = r.error_line();
+        assert!(line.contains("pano.png") && line.contains("--image_size"), "{args:?}: {line}");
+    }
+    // At the model's own size the panorama fits; the unreadable file is skipped and counted.
+    let r = dino(&["linear", "--pretrained_weights", s(&m), "--data_path", s(&data), "--epochs", "1", "--device", "cpu"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("skipped 1 unreadable"), "{}", r.stderr);
 }

@@ -190,7 +190,7 @@ fn faults_found_in_review_are_one_line_errors() {
     let o = s(&out);
     for cmd in ["attention", "pca"] {
         expect_error(&[cmd, "--image", s(&photo), "--pretrained_weights", &w, "--image_size", "100000", "--output_dir", o, "--device", "cpu"], "--image_size");
-        expect_error(&[cmd, "--image", s(&photo), "--pretrained_weights", &w, "--image_size", "3000", "--output_dir", o, "--device", "cpu"], "one block's attention would take");
+        expect_error(&[cmd, "--image", s(&photo), "--pretrained_weights", &w, "--image_size", "3000", "--output_dir", o, "--device", "cpu"], "one block's attention or MLP activations would take");
     }
     expect_error(&["embed", "--data_path", s(&repo().join("tests/images")), "--pretrained_weights", &w, "--image_size", "5000", "--output", s(&out.join("f.npy")), "--device", "cpu"], "--image_size");
     expect_error(&["attention", "--image", s(&photo), "--pretrained_weights", &w, "--patch_size", "16", "--output_dir", o, "--device", "cpu"], "--patch_size 16 does not match");

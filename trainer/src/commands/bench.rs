@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, FloatDType, Tensor};
 use dino_shared::autocast::autocast;
+use dino_shared::inference::check_activation_size;
 use dino_shared::{VisionTransformer, VitConfig};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -177,6 +178,7 @@ fn step(a: &StepArgs) -> anyhow::Result<serde_json::Value> {
     (cfg.use_fp16, cfg.use_bf16) = (a.use_fp16, a.use_bf16);
     cfg.validate()?;
     positive("--iters", a.iters)?;
+    anyhow::ensure!(a.warmup.checked_add(a.iters).is_some(), "--warmup {} + --iters {} is too large", a.warmup, a.iters);
     let device = device::select(a.device);
     let ad = device.clone().autodiff();
     cfg.seed = 0;
@@ -233,6 +235,11 @@ fn infer(a: &InferArgs) -> anyhow::Result<serde_json::Value> {
     vit.validate().map_err(|e| anyhow::anyhow!("--arch {} --patch_size {} --image_size {}: {e}", a.arch, a.patch_size, a.image_size))?;
     positive("--batch", a.batch)?;
     positive("--iters", a.iters)?;
+    // One picture at --image_size, then the batch of them: the flag at fault is named.
+    check_activation_size(&vit, "--image_size", 1, "input", a.image_size, a.image_size)
+        .and_then(|()| check_activation_size(&vit, "--batch", a.batch, "inputs", a.image_size, a.image_size))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    anyhow::ensure!(a.warmup.checked_add(a.iters).is_some(), "--warmup {} + --iters {} is too large", a.warmup, a.iters);
     let dtype = autocast_dtype(a.use_fp16, a.use_bf16)?;
     let device = device::select(a.device);
     device::check_autocast(&device, dtype)?;

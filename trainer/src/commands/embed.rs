@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use dino_shared::inference::batch_tensor;
+use dino_shared::inference::{batch_tensor, max_batch};
 use dino_shared::preprocess::{self, ModelInput};
 
 use super::ModelArgs;
@@ -55,20 +55,32 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
     let mut rows: Vec<f32> = Vec::new();
     let mut kept: Vec<String> = Vec::new();
     let mut skipped = Vec::new();
-    for chunk in files.chunks(args.batch_size.max(1)) {
+    // Batches within the memory bound at this size (`inference::max_batch`): same features.
+    let batch_size = args.batch_size.clamp(1, max_batch(model.config(), image_size, image_size));
+    for chunk in files.chunks(batch_size) {
         let mut inputs: Vec<ModelInput> = Vec::new();
         for path in chunk {
-            let decoded = open_image(path).and_then(|img| {
-                preprocess::for_evaluation(&img, image_size, patch).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+            let img = match open_image(path) {
+                Ok(img) => img,
+                // One image alone is an error; in a folder a bad file is skipped and counted.
+                Err(e) if args.image.is_some() => return Err(e),
+                Err(e) => {
+                    skipped.push(e.to_string());
+                    continue;
+                }
+            };
+            // A size the picture cannot take is the flag's fault: one line, folder or not.
+            let decoded = preprocess::for_evaluation(&img, image_size, patch).map_err(|e| {
+                let flag_error = e.is_size_flag_error();
+                (flag_error, anyhow::anyhow!("{}: {e}", path.display()))
             });
             match decoded {
                 Ok(x) => {
                     inputs.push(x);
                     kept.push(path.display().to_string());
                 }
-                // One image alone is an error; in a folder a bad file is skipped and counted.
-                Err(e) if args.image.is_some() => return Err(e),
-                Err(e) => skipped.push(e.to_string()),
+                Err((flag_error, e)) if flag_error || args.image.is_some() => return Err(e),
+                Err((_, e)) => skipped.push(e.to_string()),
             }
         }
         if inputs.is_empty() {

@@ -38,7 +38,7 @@ pub fn run(args: &KnnArgs) -> anyhow::Result<()> {
     let model = args.model.backbone(&device)?;
     let size = args.model.eval_size(args.image_size, &model)?;
     eprintln!("k-NN: {} train / {} val images at {size} px", train.len(), val.len());
-    let results = crate::knn::evaluate(&model, &train, &val, size, args.batch_size_per_gpu, &args.nb_knn, args.temperature, &device)?;
+    let results = crate::knn::evaluate(&model, &train, &val, size, "--image_size", args.batch_size_per_gpu, &args.nb_knn, args.temperature, &device)?;
     crate::knn::print_results(&results);
     Ok(())
 }

@@ -11,7 +11,7 @@
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use dino_shared::inference::batch_tensor;
+use dino_shared::inference::{batch_tensor, max_batch};
 use dino_shared::preprocess::{self, ModelInput};
 use dino_shared::VisionTransformer;
 use rand::rngs::StdRng;
@@ -85,7 +85,13 @@ fn features_of(
     out.extend(f.into_data().convert::<f32>().try_into_vec::<f32>().unwrap());
 }
 
-/// Cached features: (features [n, dim], labels, dim).
+/// Cached features: (features [n, dim], labels, pictures skipped). Unreadable files are
+/// skipped and counted, and in the evaluation view (`view` None) pictures smaller than one patch
+/// too; the training views resize any picture, as RandomResizedCrop does.
+///
+/// # Errors
+/// `size` cannot be used for a picture (`PreprocessError::is_size_flag_error`): one line naming
+/// the file.
 fn extract(
     model: &VisionTransformer,
     data: &Dataset,
@@ -93,13 +99,19 @@ fn extract(
     view: Option<usize>,
     args: &LinearArgs,
     device: &Device,
-) -> anyhow::Result<(Vec<f32>, Vec<usize>)> {
+) -> anyhow::Result<(Vec<f32>, Vec<usize>, usize)> {
     let patch = model.config().patch_size;
     let mut feats = Vec::new();
     let mut labels = Vec::new();
     let mut batch = Vec::new();
+    let mut skipped = 0;
+    // Batches within the memory bound at this size (`inference::max_batch`): same features.
+    let batch_size = args.batch_size_per_gpu.clamp(1, max_batch(model.config(), size, size));
     for i in 0..data.len() {
-        let Ok(img) = data.load(i) else { continue };
+        let Ok(img) = data.load(i) else {
+            skipped += 1;
+            continue;
+        };
         let input = match view {
             // Train view: RandomResizedCrop(size) + flip, seeded by (seed, view, index).
             Some(v) => {
@@ -113,19 +125,23 @@ fn extract(
             }
             None => match preprocess::for_evaluation(&image::DynamicImage::ImageRgb8(img), size, patch) {
                 Ok(x) => x,
-                Err(_) => continue,
+                Err(e) if e.is_size_flag_error() => anyhow::bail!("{}: {e}", data.describe(i)),
+                Err(_) => {
+                    skipped += 1;
+                    continue;
+                }
             },
         };
         batch.push(input);
         labels.push(data.label(i));
-        if batch.len() == args.batch_size_per_gpu {
+        if batch.len() >= batch_size {
             features_of(model, std::mem::take(&mut batch), args, device, &mut feats);
         }
     }
     if !batch.is_empty() {
         features_of(model, batch, args, device, &mut feats);
     }
-    Ok((feats, labels))
+    Ok((feats, labels, skipped))
 }
 
 /// Train the linear classifier on cached features; returns top-1 (%) on the validation set.
@@ -204,12 +220,18 @@ pub fn run(args: &LinearArgs) -> anyhow::Result<f64> {
     eprintln!("linear probe: {} train x {} views / {} val pictures, {dim} features", train.len(), args.cache_views, val.len());
     let mut views = Vec::new();
     let mut train_labels = Vec::new();
+    let mut skipped = 0;
     for v in 0..args.cache_views.max(1) {
-        let (f, l) = extract(&model, &train, size, Some(v), args, &device)?;
+        let (f, l, s) = extract(&model, &train, size, Some(v), args, &device)?;
         views.push(f);
         train_labels = l;
+        // Every view skips the same unreadable files.
+        skipped = s;
     }
-    let (vf, vl) = extract(&model, &val, size, None, args, &device)?;
+    let (vf, vl, vs) = extract(&model, &val, size, None, args, &device)?;
+    if skipped + vs > 0 {
+        eprintln!("warning: skipped {} unreadable file(s) or picture(s) smaller than one patch", skipped + vs);
+    }
     anyhow::ensure!(!train_labels.is_empty() && !vl.is_empty(), "no readable images for the linear probe");
     let classes = train.num_classes().max(val.num_classes());
     let top1 = train_probe(&views, &train_labels, &vf, &vl, dim, classes, args, &device);

@@ -135,8 +135,13 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     for i in 0..4.min(eval.val.len()) {
         let Ok(img) = eval.val.load(i) else { continue };
         let sizing = dino_shared::preprocess::ImageSize::ShorterSide(size);
-        let input = dino_shared::preprocess::for_attention(&image::DynamicImage::ImageRgb8(img), sizing, patch)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", eval.val.describe(i)))?;
+        // A picture smaller than one patch has no map to draw: skipped, as in the k-NN (which
+        // counted it). A size error names the flag that set the size.
+        let input = match dino_shared::preprocess::for_attention(&image::DynamicImage::ImageRgb8(img), sizing, patch) {
+            Ok(input) => input,
+            Err(e) if !e.is_size_flag_error() => continue,
+            Err(e) => anyhow::bail!("{}: {}", eval.val.describe(i), e.to_string().replacen("--image_size", "--global_crops_size", 1)),
+        };
         let (_, attn) = dino_shared::inference::features_and_attention(model, &input, None, &outcome.device)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let maps = dino_shared::inference::attention_maps(attn.into_data(), model, &input)

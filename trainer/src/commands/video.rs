@@ -202,6 +202,12 @@ pub fn run(args: &VideoArgs) -> anyhow::Result<()> {
         let sizing = size.unwrap_or(ImageSize::Exact { height: img.height() as usize, width: img.width() as usize });
         let input = match preprocess::for_attention(&img, sizing, patch) {
             Ok(input) => input,
+            // With --image_size the size is at fault, not the frame: every frame would fail the
+            // same way. Without it each frame keeps its own size, and a frame that cannot take it
+            // is skipped and counted like an unreadable one.
+            Err(e) if e.is_size_flag_error() && args.image_size.is_some() => {
+                anyhow::bail!("{}: frame {i}: {e}", args.input.display())
+            }
             Err(e) => {
                 // A frame smaller than one patch is skipped and counted, like an unreadable one.
                 let why = format!("{}: frame {i}: {e}", args.input.display());
