@@ -521,5 +521,54 @@ pub fn serialize_safetensors(tensors: &StateDict, dtype: ExportDType, mut meta: 
         .iter()
         .map(|(k, t, b)| (k.as_str(), safetensors::tensor::TensorView::new(st_dtype, t.shape.clone(), b).unwrap()));
     meta.insert("format".to_string(), METADATA_FORMAT.to_string());
-    safetensors::tensor::serialize(views, Some(meta)).expect("serialising safetensors")
+    let bytes = safetensors::tensor::serialize(views, Some(meta)).expect("serialising safetensors");
+    with_sorted_header(bytes)
+}
+
+/// The same safetensors file with its header's keys in sorted order, so that equal contents give
+/// equal bytes: the `safetensors` crate writes `__metadata__` from a `HashMap`, in an order that
+/// changes from run to run. The header keeps its length (the same keys and values, reordered;
+/// compact JSON, padded with spaces to 8 bytes as the crate pads it), so the tensor data and its
+/// offsets are untouched. Any surprise (unparsable header, other length) returns the bytes as
+/// they were.
+fn with_sorted_header(mut bytes: Vec<u8>) -> Vec<u8> {
+    let Some(len) = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()) as usize) else { return bytes };
+    let Some(header) = bytes.get(8..8 + len) else { return bytes };
+    // serde_json's Map is a BTreeMap here (no `preserve_order`): keys come out sorted, nested
+    // maps too.
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(header) else { return bytes };
+    let Ok(mut sorted) = serde_json::to_vec(&value) else { return bytes };
+    if sorted.len() > len {
+        return bytes;
+    }
+    sorted.resize(len, b' ');
+    bytes[8..8 + len].copy_from_slice(&sorted);
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state_dict::HostTensor;
+
+    /// Equal contents give equal bytes: the metadata map's iteration order (a `HashMap`, random
+    /// per instance) does not reach the file, and the file reads back the same.
+    #[test]
+    fn safetensors_bytes_do_not_depend_on_the_metadata_order() {
+        let mut sd = StateDict::new();
+        sd.insert("b.weight".into(), HostTensor::new(vec![2, 3], (0..6).map(|i| i as f32 * 0.5).collect()));
+        sd.insert("a.bias".into(), HostTensor::new(vec![3], vec![1.0, -2.0, 3.5]));
+        let meta = || (0..20).map(|i| (format!("key{i}"), format!("{{\"value\": {i}}}"))).collect::<HashMap<_, _>>();
+        let first = serialize_safetensors(&sd, ExportDType::F32, meta());
+        for _ in 0..5 {
+            assert_eq!(serialize_safetensors(&sd, ExportDType::F32, meta()), first);
+        }
+        let (back, read_meta) = parse_safetensors(&first).unwrap();
+        assert_eq!(read_meta, { let mut m = meta(); m.insert("format".into(), METADATA_FORMAT.into()); m });
+        assert_eq!(back.keys().collect::<Vec<_>>(), sd.keys().collect::<Vec<_>>());
+        for (k, t) in &sd {
+            assert_eq!(back[k].data, t.data, "{k}");
+            assert_eq!(back[k].shape, t.shape, "{k}");
+        }
+    }
 }
