@@ -39,6 +39,12 @@ impl PreprocessError {
     pub fn is_size_flag_error(&self) -> bool {
         !matches!(self, Self::TooSmall { .. })
     }
+
+    /// The message with `flag` in place of `--image_size`, for a command whose size comes from
+    /// another option (`dino train`'s evaluations run at `--global_crops_size`).
+    pub fn message_for_flag(&self, flag: &str) -> String {
+        self.to_string().replacen("--image_size", flag, 1)
+    }
 }
 
 /// Decode a picture from its bytes, recognising the format by content (not by file name):

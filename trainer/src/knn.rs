@@ -63,7 +63,7 @@ pub fn extract_features(
         let prepared: Vec<Option<ModelInput>> = prepared
             .into_iter()
             .zip(chunk)
-            .map(|(x, &i)| x.map_err(|e| anyhow::anyhow!("{}: {}", data.describe(i), e.to_string().replacen("--image_size", size_flag, 1))))
+            .map(|(x, &i)| x.map_err(|e| anyhow::anyhow!("{}: {}", data.describe(i), e.message_for_flag(size_flag))))
             .collect::<anyhow::Result<_>>()?;
         let mut inputs = Vec::new();
         for (x, &i) in prepared.into_iter().zip(chunk) {

@@ -383,6 +383,15 @@ fn an_evaluation_size_a_picture_cannot_take_is_an_error_not_a_skipped_file() {
         let line = r.error_line();
         assert!(line.contains("pano.png") && line.contains("--image_size"), "{args:?}: {line}");
     }
+    // dino train evaluates at its global crop size: the line names that flag.
+    let train_out = temp_dir("eval-panorama-train");
+    let r = dino(&[
+        "train", "--data_path", s(&data), "--output_dir", s(&train_out), "--preset", "small", "--global_crops_size", "224",
+        "--batch_size_per_gpu", "1", "--epochs", "1", "--max_iters", "1", "--device", "cpu",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let line = r.error_line();
+    assert!(line.contains("pano.png") && line.contains("--global_crops_size") && !line.contains("--image_size"), "{line}");
     // At the model's own size the panorama fits; the unreadable file is skipped and counted.
     let r = dino(&["linear", "--pretrained_weights", s(&m), "--data_path", s(&data), "--epochs", "1", "--device", "cpu"]);
     assert_eq!(r.code, 0, "{}", r.stderr);

@@ -140,7 +140,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         let input = match dino_shared::preprocess::for_attention(&image::DynamicImage::ImageRgb8(img), sizing, patch) {
             Ok(input) => input,
             Err(e) if !e.is_size_flag_error() => continue,
-            Err(e) => anyhow::bail!("{}: {}", eval.val.describe(i), e.to_string().replacen("--image_size", "--global_crops_size", 1)),
+            Err(e) => anyhow::bail!("{}: {}", eval.val.describe(i), e.message_for_flag("--global_crops_size")),
         };
         let (_, attn) = dino_shared::inference::features_and_attention(model, &input, None, &outcome.device)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
