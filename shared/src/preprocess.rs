@@ -32,12 +32,15 @@ pub enum PreprocessError {
 }
 
 impl PreprocessError {
-    /// Whether the requested size is at fault rather than the picture: every variant but
-    /// [`PreprocessError::TooSmall`]. Commands over a folder skip and count a picture that is
-    /// too small, and stop with one line on these (every other picture would fail the same way,
-    /// or the size would silently drop the pictures it cannot take).
+    /// Whether the requested size is at fault rather than the picture: below one patch, or not
+    /// a size at all. Commands over a folder stop with one line on these (every picture would
+    /// fail the same way). The others belong to the picture and are skipped and counted there: a
+    /// picture smaller than one patch ([`PreprocessError::TooSmall`]), and one so elongated that
+    /// resizing its shorter side to the size would pass the decoded-size bound
+    /// ([`PreprocessError::SizeTooLarge`]; a size too large for every picture is refused before,
+    /// by `inference::check_input_size`).
     pub fn is_size_flag_error(&self) -> bool {
-        !matches!(self, Self::TooSmall { .. })
+        matches!(self, Self::SizeTooSmall(..) | Self::BadSize(_))
     }
 
     /// The message with `flag` in place of `--image_size`, for a command whose size comes from

@@ -423,7 +423,7 @@ impl TrainConfig {
         bound("--global_crops_size", 1, "crop", g)?;
         bound("--local_crops_size", 1, "crop", l)?;
         bound("--batch_size_per_gpu", b.saturating_mul(2), "global crops (2 per picture)", g)?;
-        bound("--local_crops_number", n.saturating_mul(b), "local crops (--local_crops_number per picture)", l)?;
+        bound("--local_crops_number x --batch_size_per_gpu", n.saturating_mul(b), "local crops", l)?;
         self.head(vit.embed_dim).validate().map_err(|e| anyhow::anyhow!("head: {e} (--out_dim, --head_hidden_dim, --head_bottleneck_dim)"))?;
         Ok(())
     }

@@ -10,13 +10,15 @@ use dino_shared::VisionTransformer;
 
 use crate::data::Dataset;
 
-/// CLS features ([n, dim], L2-normalised rows) and labels of a dataset. Unreadable files and
-/// pictures smaller than one patch are skipped; their number is returned.
+/// Why the evaluations (k-NN, linear probe, embed) skip a picture, for their warning line.
+pub const SKIP_REASONS: &str = "unreadable, smaller than one patch, or too elongated to resize to this size";
+
+/// CLS features ([n, dim], L2-normalised rows) and labels of a dataset. Pictures that cannot be
+/// used ([`SKIP_REASONS`]) are skipped; their number is returned.
 ///
 /// # Errors
-/// `image_size` cannot be used: below one patch, or a picture resized to it would exceed the
-/// decoded-size bound (`preprocess::for_evaluation`). That is the flag's fault, not the file's,
-/// so it stops the extraction rather than being counted as a skipped file.
+/// `image_size` itself cannot be used (`PreprocessError::is_size_flag_error`): every picture
+/// would fail, so it stops the extraction rather than being counted as skipped files.
 ///
 /// `size_flag` names the option that set `image_size` in messages (`--image_size`, or
 /// `--global_crops_size` for the evaluation during training). Batches larger than the memory
@@ -167,7 +169,7 @@ pub fn evaluate(
     let (tf, tl, ts) = extract_features(model, train, image_size, size_flag, batch_size, device)?;
     let (vf, vl, vs) = extract_features(model, val, image_size, size_flag, batch_size, device)?;
     if ts + vs > 0 {
-        eprintln!("warning: skipped {} unreadable file(s) or picture(s) smaller than one patch during feature extraction", ts + vs);
+        eprintln!("warning: skipped {} picture(s) during feature extraction: {SKIP_REASONS}", ts + vs);
     }
     anyhow::ensure!(!tl.is_empty() && !vl.is_empty(), "no readable images for the k-NN evaluation");
     let classes = train.num_classes().max(val.num_classes());

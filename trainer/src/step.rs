@@ -153,7 +153,8 @@ impl Parallelism {
     /// The batch's parts (micro-batches) and how many of them each replica runs, for a step
     /// batch of `batch` pictures: at least one picture per part.
     fn split(self, batch: usize) -> (usize, usize) {
-        let parts = (self.replicas.max(1) * self.accum_iter.max(1)).clamp(1, batch.max(1));
+        // Saturating: a huge --replicas is capped by the batch just below, not an overflow.
+        let parts = self.replicas.max(1).saturating_mul(self.accum_iter.max(1)).clamp(1, batch.max(1));
         (parts, parts.div_ceil(self.replicas.max(1)))
     }
 
@@ -350,7 +351,7 @@ mod tests {
     /// micro-batches (3 replicas x 2 micro-batches on 4 pictures: 4 parts, 2 per replica, 2 run).
     #[test]
     fn replicas_that_run_follow_the_split() {
-        for (replicas, accum_iter, batch, run) in [(2, 1, 64, 2), (1000, 1, 16, 16), (3, 2, 4, 2), (3, 1, 5, 3), (2, 2, 5, 2), (1, 4, 8, 1)] {
+        for (replicas, accum_iter, batch, run) in [(2, 1, 64, 2), (1000, 1, 16, 16), (3, 2, 4, 2), (3, 1, 5, 3), (2, 2, 5, 2), (1, 4, 8, 1), (usize::MAX, 2, 32, 32)] {
             assert_eq!(Parallelism { replicas, accum_iter }.replicas_that_run(batch), run, "{replicas} x {accum_iter} on {batch}");
         }
     }

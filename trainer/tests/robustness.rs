@@ -182,6 +182,7 @@ fn numeric_options_are_validated_with_one_line() {
         (vec!["train", "--local_crops_size", "68719476736"], "--local_crops_size"),
         (vec!["train", "--epochs", "18446744073709551615", "--skip_eval", "--output_dir", s(&out)], "--epochs"),
         (vec!["train", "--num_workers", "100000"], "--num_workers"),
+        (vec!["train", "--local_crops_size", "400", "--local_crops_number", "1"], "--local_crops_number x --batch_size_per_gpu: 32 local crops"),
         (vec!["knn", "--pretrained_weights", s(&m), "--data_path", s(&data), "--image_size", "18446744073709551615"], "--image_size"),
         (vec!["bench", "step", "--batch_size_per_gpu", "100000"], "--batch_size_per_gpu"),
         (vec!["bench", "step", "--local_crops_number", "1000000"], "--local_crops_number"),
@@ -192,6 +193,10 @@ fn numeric_options_are_validated_with_one_line() {
         let line = r.error_line();
         assert!(line.contains(what), "{args:?}: {line}");
     }
+    // bench augment (no --device): the crop flags through the same checks.
+    let r = dino(&["bench", "augment", "--preset", "small", "--data_path", s(&data), "--local_crops_number", "4294967297"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.error_line().contains("--local_crops_number"), "{}", r.stderr);
 }
 
 #[test]
@@ -354,12 +359,12 @@ fn full_disk_keeps_the_previous_checkpoint() {
     assert_eq!(std::fs::read(out.join("checkpoint.safetensors")).unwrap(), before, "the previous checkpoint changed");
 }
 
-/// A size the evaluation cannot use is the flag's fault, not the file's: k-NN, linear probe and
-/// embed stop with one line naming the picture and `--image_size` (k-NN and embed counted it as
-/// an unreadable file and went on; the linear probe dropped it without a word, and dropped
-/// unreadable files uncounted too).
+/// A picture too elongated to resize to the evaluation size (its shorter side to `--image_size`
+/// would pass the decoded-size bound) is the picture's fault, like an unreadable one: k-NN,
+/// linear probe, embed and train's k-NN skip and count it and go on (the linear probe dropped
+/// both without a word). A size no picture can take is refused before (`check_input_size`).
 #[test]
-fn an_evaluation_size_a_picture_cannot_take_is_an_error_not_a_skipped_file() {
+fn an_elongated_or_unreadable_picture_is_skipped_and_counted_by_the_evaluations() {
     let data = temp_dir("eval-panorama");
     for split in ["train", "val"] {
         std::fs::create_dir_all(data.join(split).join("a")).unwrap();
@@ -368,32 +373,20 @@ fn an_evaluation_size_a_picture_cannot_take_is_an_error_not_a_skipped_file() {
     std::fs::copy(image("not-an-image.jpg"), data.join("train").join("a").join("broken.jpg")).unwrap();
     // 8 x 40000 px: at --image_size 224 its shorter side becomes 256 px, so the resized picture
     // would be 256 x 1280000 x 3 bytes, over the decoded-size bound.
-    let pano = data.join("val").join("a").join("pano.png");
-    image::GrayImage::new(8, 40000).save(&pano).unwrap();
+    image::GrayImage::new(8, 40000).save(data.join("val").join("a").join("pano.png")).unwrap();
     let m = model();
-    let folder = data.join("val").join("a");
     let out = temp_dir("eval-panorama-out").join("e.npy");
-    for args in [
-        vec!["knn", "--pretrained_weights", s(&m), "--data_path", s(&data)],
-        vec!["linear", "--pretrained_weights", s(&m), "--data_path", s(&data), "--epochs", "1"],
-        vec!["embed", "--pretrained_weights", s(&m), "--data_path", s(&folder), "--output", s(&out)],
+    for (args, skipped) in [
+        (vec!["knn", "--pretrained_weights", s(&m), "--data_path", s(&data)], "skipped 2 picture(s)"),
+        (vec!["linear", "--pretrained_weights", s(&m), "--data_path", s(&data), "--epochs", "1"], "skipped 2 picture(s)"),
+        (vec!["embed", "--pretrained_weights", s(&m), "--data_path", s(&data.join("val").join("a")), "--output", s(&out)], "pano.png"),
     ] {
         let r = dino(&[args.clone(), vec!["--image_size", "224", "--device", "cpu"]].concat());
-        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
-        let line = r.error_line();
-        assert!(line.contains("pano.png") && line.contains("--image_size"), "{args:?}: {line}");
+        assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(skipped) && r.stderr.contains("too elongated"), "{args:?}: {}", r.stderr);
     }
-    // dino train evaluates at its global crop size: the line names that flag.
-    let train_out = temp_dir("eval-panorama-train");
-    let r = dino(&[
-        "train", "--data_path", s(&data), "--output_dir", s(&train_out), "--preset", "small", "--global_crops_size", "224",
-        "--batch_size_per_gpu", "1", "--epochs", "1", "--max_iters", "1", "--device", "cpu",
-    ]);
+    // The size no picture can take: one line naming the flag.
+    let r = dino(&["knn", "--pretrained_weights", s(&m), "--data_path", s(&data), "--image_size", "20000", "--device", "cpu"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    let line = r.error_line();
-    assert!(line.contains("pano.png") && line.contains("--global_crops_size") && !line.contains("--image_size"), "{line}");
-    // At the model's own size the panorama fits; the unreadable file is skipped and counted.
-    let r = dino(&["linear", "--pretrained_weights", s(&m), "--data_path", s(&data), "--epochs", "1", "--device", "cpu"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stderr.contains("skipped 1 unreadable"), "{}", r.stderr);
+    assert!(r.error_line().starts_with("error: --image_size"), "{}", r.stderr);
 }

@@ -341,6 +341,9 @@ fn augment(a: &AugmentArgs) -> anyhow::Result<serde_json::Value> {
     if let Some(n) = a.local_crops_number {
         cfg.local_crops_number = n;
     }
+    // The crops' flags through the same checks as dino train (a huge --local_crops_number was
+    // an allocation failure).
+    cfg.validate()?;
     positive("--count", a.count)?;
     positive("--repeat", a.repeat)?;
     let pictures: Vec<image::RgbImage> = match crate::images::list_images(&a.data_path) {

@@ -91,7 +91,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         rows.extend(cls.into_data().convert::<f32>().try_into_vec::<f32>().expect("float features"));
     }
     if !skipped.is_empty() {
-        eprintln!("warning: skipped {} unreadable file(s): {}", skipped.len(), skipped.join("; "));
+        eprintln!("warning: skipped {} picture(s) ({}): {}", skipped.len(), crate::knn::SKIP_REASONS, skipped.join("; "));
     }
     anyhow::ensure!(!kept.is_empty(), "no readable images");
     write_npy(&args.output, &[kept.len(), dim], &rows)?;

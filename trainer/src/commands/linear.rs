@@ -86,12 +86,13 @@ fn features_of(
 }
 
 /// Cached features: (features [n, dim], labels, pictures skipped). Unreadable files are
-/// skipped and counted, and in the evaluation view (`view` None) pictures smaller than one patch
-/// too; the training views resize any picture, as RandomResizedCrop does.
+/// skipped and counted, and in the evaluation view (`view` None) the other pictures it cannot
+/// use too (`knn::SKIP_REASONS`); the training views resize any picture, as RandomResizedCrop
+/// does.
 ///
 /// # Errors
-/// `size` cannot be used for a picture (`PreprocessError::is_size_flag_error`): one line naming
-/// the file.
+/// `size` itself cannot be used (`PreprocessError::is_size_flag_error`): one line naming the
+/// file and the flag.
 fn extract(
     model: &VisionTransformer,
     data: &Dataset,
@@ -230,7 +231,7 @@ pub fn run(args: &LinearArgs) -> anyhow::Result<f64> {
     }
     let (vf, vl, vs) = extract(&model, &val, size, None, args, &device)?;
     if skipped + vs > 0 {
-        eprintln!("warning: skipped {} unreadable file(s) or picture(s) smaller than one patch", skipped + vs);
+        eprintln!("warning: skipped {} picture(s): {}", skipped + vs, crate::knn::SKIP_REASONS);
     }
     anyhow::ensure!(!train_labels.is_empty() && !vl.is_empty(), "no readable images for the linear probe");
     let classes = train.num_classes().max(val.num_classes());
