@@ -117,7 +117,7 @@ fn embed_a_folder_skips_and_counts_bad_files() {
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(npy_shape(&out), vec![3, 96]);
-    assert!(r.stderr.contains("skipped 1 unreadable") && r.stderr.contains("not-an-image.jpg"), "{}", r.stderr);
+    assert!(r.stderr.contains("skipped 1 picture(s) (unreadable") && r.stderr.contains("not-an-image.jpg"), "{}", r.stderr);
     let names = std::fs::read_to_string(out.with_extension("txt")).unwrap();
     assert_eq!(names.lines().count(), 3);
 }
