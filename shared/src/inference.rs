@@ -27,7 +27,7 @@ pub const MAX_ACTIVATION_BYTES: u64 = 2 << 30;
 /// Bytes (f32) of the largest tensor a block holds for one `height x width` input: the
 /// attention [heads, T, T] (T = prefix tokens + patches: it grows with the fourth power of the
 /// side), the MLP's hidden activations [T, hidden], or the input [3, H, W] (large for few
-/// patches). In u128: no size of `usize` overflows it.
+/// patches). In u128, saturating: no size overflows it.
 pub fn activation_bytes(cfg: &VitConfig, height: usize, width: usize) -> u128 {
     let p = cfg.patch_size.max(1) as u128;
     let (h, w) = (height as u128, width as u128);

@@ -69,7 +69,9 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
                     continue;
                 }
             };
-            // A size the picture cannot take is the flag's fault: one line, folder or not.
+            // A size that is no size for any picture (below a patch) is the flag's fault: one
+            // line, folder or not. A picture that cannot take the size (smaller than a patch, too
+            // elongated to resize) is skipped and counted in a folder.
             let decoded = preprocess::for_evaluation(&img, image_size, patch).map_err(|e| {
                 let flag_error = e.is_size_flag_error();
                 (flag_error, anyhow::anyhow!("{}: {e}", path.display()))

@@ -135,8 +135,8 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     for i in 0..4.min(eval.val.len()) {
         let Ok(img) = eval.val.load(i) else { continue };
         let sizing = dino_shared::preprocess::ImageSize::ShorterSide(size);
-        // A picture smaller than one patch has no map to draw: skipped, as in the k-NN (which
-        // counted it). A size error names the flag that set the size.
+        // A picture that cannot take the size (smaller than one patch, too elongated) has no map
+        // to draw: skipped, as in the k-NN (which counted it). A size error names the flag.
         let input = match dino_shared::preprocess::for_attention(&image::DynamicImage::ImageRgb8(img), sizing, patch) {
             Ok(input) => input,
             Err(e) if !e.is_size_flag_error() => continue,
