@@ -44,16 +44,30 @@ impl Attention {
         // Projecting with each block of the weight gives the same numbers as slicing the fused
         // output, and its backward slices the [C, 3C] weight instead of zero-filling the
         // [B, N, 3C] activation three times per block (Burn's `narrow` backward).
-        let weight = self.qkv.weight.val();
-        let bias = self.qkv.bias.as_ref().map(|p| p.val());
-        let take = |i: usize| {
-            let w = weight.clone().narrow(1, i * c, c);
-            let bias = bias.clone().map(|bias| bias.narrow(0, i * c, c));
-            linear_tokens(x.clone(), w, bias).reshape([b, n, h, head_dim]).swap_dims(1, 2)
+        let (attn, out) = if x.device().is_autodiff() {
+            let weight = self.qkv.weight.val();
+            let bias = self.qkv.bias.as_ref().map(|p| p.val());
+            let take = |i: usize| {
+                let w = weight.clone().narrow(1, i * c, c);
+                let bias = bias.clone().map(|bias| bias.narrow(0, i * c, c));
+                linear_tokens(x.clone(), w, bias).reshape([b, n, h, head_dim]).swap_dims(1, 2)
+            };
+            let (q, k, v) = (take(0), take(1), take(2));
+            let attn = softmax(matmul(q, k.swap_dims(2, 3)).mul_scalar(scale), 3);
+            let out = matmul(attn.clone(), v);
+            (attn, out)
+        } else {
+            // Without autodiff there is no backward to spare: one product [B * N, C] x [C, 3C]
+            // (one packing of the input, and a wider product that splits better over the
+            // threads), then q, k and v as strided views [1, B, heads, N, head_dim] of it.
+            let qkv = forward_tokens(&self.qkv, x).reshape([b, n, 3, h, head_dim]);
+            let take = |i: usize| qkv.clone().narrow(2, i, 1).permute([2, 0, 3, 1, 4]);
+            let (q, k, v) = (take(0), take(1), take(2));
+            let attn = softmax(matmul(q, k.swap_dims(3, 4)).mul_scalar(scale), 4);
+            let out = matmul(attn.clone(), v);
+            (attn.reshape([b, h, n, n]), out.reshape([b, h, n, head_dim]))
         };
-        let (q, k, v) = (take(0), take(1), take(2));
-        let attn = softmax(matmul(q, k.swap_dims(2, 3)).mul_scalar(scale), 3);
-        let out = matmul(attn.clone(), v).swap_dims(1, 2).reshape([b, n, c]);
+        let out = out.swap_dims(1, 2).reshape([b, n, c]);
         (forward_tokens(&self.proj, out), attn)
     }
 
