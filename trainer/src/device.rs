@@ -64,6 +64,45 @@ pub fn check_autocast(device: &Device, dtype: Option<FloatDType>) -> anyhow::Res
     Ok(())
 }
 
+/// Bytes of memory this machine can still hand out: `MemAvailable + SwapFree` from Linux's
+/// `/proc/meminfo`; `None` where there is no such file or it cannot be read.
+pub fn available_memory() -> Option<u128> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = |key: &str| -> Option<u128> {
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..].trim().trim_end_matches("kB").trim().parse::<u128>().ok()
+    };
+    Some(kib("MemAvailable:")?.saturating_add(kib("SwapFree:").unwrap_or(0)).saturating_mul(1024))
+}
+
+/// On the cpu device, whether one training step's backward pass fits the memory this machine
+/// has ([`saved_activation_bytes`](crate::step::saved_activation_bytes), a lower bound, against
+/// [`available_memory`]): a step that cannot fit is one line before the run, not an allocation
+/// failure or the kernel's OOM killer mid-epoch. Not checked on wgpu (no memory figure there) or
+/// where `/proc/meminfo` is missing. The official code has no such check (CUDA raises its
+/// out-of-memory error in the first step).
+///
+/// # Errors
+/// The lower bound exceeds the available memory; the message names `--batch_size_per_gpu` and
+/// `--local_crops_number`.
+pub fn check_step_memory(device: &Device, cfg: &crate::config::TrainConfig) -> anyhow::Result<()> {
+    if !is_cpu(device) {
+        return Ok(());
+    }
+    let needed = crate::step::saved_activation_bytes(cfg)?;
+    let Some(available) = available_memory() else { return Ok(()) };
+    let gib = |bytes: u128| bytes as f64 / (1u64 << 30) as f64;
+    anyhow::ensure!(
+        needed <= available,
+        "--batch_size_per_gpu {} with --local_crops_number {}: one training step keeps at least {:.1} GiB of activations for its backward pass, more than the {:.1} GiB of memory available (MemAvailable + SwapFree); lower --batch_size_per_gpu (--accum_iter keeps the batch) or --local_crops_number",
+        cfg.batch_size_per_gpu,
+        cfg.local_crops_number,
+        gib(needed),
+        gib(available),
+    );
+    Ok(())
+}
+
 fn cpu(why: &str) -> Device {
     eprintln!("device: cpu (flex): {why}");
     Device::flex()

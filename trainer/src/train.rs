@@ -372,6 +372,7 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
     let device = device::select(cfg.device);
     // Fresh runs and resumes alike.
     device::check_autocast(&device, cfg.autocast())?;
+    device::check_step_memory(&device, cfg)?;
     std::fs::create_dir_all(&cfg.output_dir).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", cfg.output_dir.display()))?;
     let ckpt_path = cfg.output_dir.join("checkpoint.safetensors");
     let log_path = cfg.output_dir.join("log.txt");

@@ -186,6 +186,9 @@ fn numeric_options_are_validated_with_one_line() {
         (vec!["knn", "--pretrained_weights", s(&m), "--data_path", s(&data), "--image_size", "18446744073709551615"], "--image_size"),
         (vec!["bench", "step", "--batch_size_per_gpu", "100000"], "--batch_size_per_gpu"),
         (vec!["bench", "step", "--local_crops_number", "1000000"], "--local_crops_number"),
+        // Each tensor within the bound, the whole backward pass over any machine's memory (960
+        // GiB): one line before the run, not the OOM killer mid-step.
+        (vec!["train", "--depth", "256", "--local_crops_number", "2000"], "GiB of activations for its backward pass"),
     ];
     for (args, what) in cases {
         let r = dino(&[args.clone(), vec!["--device", "cpu"]].concat());

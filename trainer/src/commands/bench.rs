@@ -180,6 +180,7 @@ fn step(a: &StepArgs) -> anyhow::Result<serde_json::Value> {
     positive("--iters", a.iters)?;
     anyhow::ensure!(a.warmup.checked_add(a.iters).is_some(), "--warmup {} + --iters {} is too large", a.warmup, a.iters);
     let device = device::select(a.device);
+    device::check_step_memory(&device, &cfg)?;
     let ad = device.clone().autodiff();
     cfg.seed = 0;
     let mut state = TrainState::new(&cfg, &device)?;
