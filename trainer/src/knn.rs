@@ -13,6 +13,35 @@ use crate::data::Dataset;
 /// Why the evaluations (k-NN, linear probe, embed) skip a picture, for their warning line.
 pub const SKIP_REASONS: &str = "unreadable, smaller than one patch, or too elongated to resize to this size";
 
+/// Whether `data` holds a picture the evaluation can use at `image_size` (decoded and
+/// preprocessed as [`extract_features`] does, in order, stopping at the first that works).
+/// The k-NN and the linear probe check both splits before extracting any feature, so that a
+/// split with nothing usable is one line at the start, not after minutes of extraction.
+///
+/// # Errors
+/// No picture can be used: the message names `split` ("train", "val"), the count, the reasons
+/// and the first picture's own error; or `image_size` itself cannot be used (naming `size_flag`).
+pub fn ensure_usable(data: &Dataset, split: &str, image_size: usize, size_flag: &str, patch: usize) -> anyhow::Result<()> {
+    let mut first_error = None;
+    for i in 0..data.len() {
+        // A decoding error names its file already; a preprocessing error does not.
+        let error = match data.load(i) {
+            Ok(img) => match preprocess::for_evaluation(&image::DynamicImage::ImageRgb8(img), image_size, patch) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_size_flag_error() => anyhow::bail!("{}: {}", data.describe(i), e.message_for_flag(size_flag)),
+                Err(e) => format!("{}: {e}", data.describe(i)),
+            },
+            Err(e) => e.to_string(),
+        };
+        first_error.get_or_insert(error);
+    }
+    anyhow::bail!(
+        "the {split} split has no picture usable at {size_flag} {image_size} among its {} file(s) ({SKIP_REASONS}); first: {}",
+        data.len(),
+        first_error.unwrap_or_else(|| "no files".into())
+    )
+}
+
 /// CLS features ([n, dim], L2-normalised rows) and labels of a dataset. Pictures that cannot be
 /// used ([`SKIP_REASONS`]) are skipped; their number is returned.
 ///
@@ -166,6 +195,9 @@ pub fn evaluate(
     temperature: f64,
     device: &Device,
 ) -> anyhow::Result<Vec<(usize, f64, f64)>> {
+    let patch = model.config().patch_size;
+    ensure_usable(train, "train", image_size, size_flag, patch)?;
+    ensure_usable(val, "val", image_size, size_flag, patch)?;
     let (tf, tl, ts) = extract_features(model, train, image_size, size_flag, batch_size, device)?;
     let (vf, vl, vs) = extract_features(model, val, image_size, size_flag, batch_size, device)?;
     if ts + vs > 0 {

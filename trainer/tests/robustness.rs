@@ -392,4 +392,14 @@ fn an_elongated_or_unreadable_picture_is_skipped_and_counted_by_the_evaluations(
     let r = dino(&["knn", "--pretrained_weights", s(&m), "--data_path", s(&data), "--image_size", "20000", "--device", "cpu"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.error_line().starts_with("error: --image_size"), "{}", r.stderr);
+    // A split with nothing usable: one line naming the split and its first picture, before any
+    // extraction (knn and linear extracted the whole train split first, then said "no readable
+    // images" without naming a folder).
+    std::fs::remove_file(data.join("val").join("a").join("chelsea.jpg")).unwrap();
+    for args in [vec!["knn"], vec!["linear", "--epochs", "1"]] {
+        let r = dino(&[args.clone(), vec!["--pretrained_weights", s(&m), "--data_path", s(&data), "--image_size", "224", "--device", "cpu"]].concat());
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        let line = r.error_line();
+        assert!(line.contains("val split has no picture usable") && line.contains("pano.png"), "{args:?}: {line}");
+    }
 }
