@@ -152,7 +152,8 @@ pub struct TrainConfig {
     #[arg(long)]
     pub accum_iter: usize,
     /// Stop after this many iterations in all (0: no limit), counted over all epochs and resumes;
-    /// an epoch it cuts short is not replayed on resume. For smoke tests and benchmarks.
+    /// a resume goes on inside an epoch it cut short (the same run as one never cut). For smoke
+    /// tests, benchmarks and runs in time-limited slices.
     #[arg(long)]
     pub max_iters: usize,
     /// Time every phase of a step (waits for the device after each: slower, for profiling).

@@ -2,7 +2,8 @@
 //!
 //! Reproducible whatever the thread timing: the epoch's order is a permutation seeded by
 //! (seed, epoch), each picture's augmentation has its own generator seeded by
-//! (seed, epoch, index), and batch k always comes from worker k mod W, read in order.
+//! (seed, epoch, index), and batch k always comes from worker (k - first) mod W, read in order;
+//! a resume inside an epoch starts at its next batch (`first`) and makes the same batches.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -66,6 +67,8 @@ pub fn make_batch(data: &Dataset, crops: &[CropSpec], indices: &[usize], seed: u
 /// An epoch's batches, produced by `workers` threads at most `prefetch` batches ahead each.
 pub struct Loader {
     receivers: Vec<Receiver<Batch>>,
+    /// The first batch produced (a resume inside the epoch skips the ones before it).
+    first: usize,
     next: usize,
     total: usize,
     handles: Vec<JoinHandle<()>>,
@@ -78,6 +81,7 @@ impl Loader {
         batch_size: usize,
         seed: u64,
         epoch: usize,
+        first_batch: usize,
         workers: usize,
         prefetch: usize,
     ) -> Self {
@@ -91,7 +95,7 @@ impl Loader {
             receivers.push(rx);
             let (data, order, crops) = (data.clone(), order.clone(), crops.clone());
             handles.push(std::thread::spawn(move || {
-                for k in (w..order.len()).step_by(workers) {
+                for k in (first_batch + w..order.len()).step_by(workers) {
                     let batch = make_batch(&data, &crops, &order[k], seed, epoch);
                     if tx.send(batch).is_err() {
                         return; // the consumer stopped early
@@ -99,7 +103,7 @@ impl Loader {
                 }
             }));
         }
-        Self { receivers, next: 0, total: order.len(), handles }
+        Self { receivers, first: first_batch, next: first_batch, total: order.len(), handles }
     }
 
     pub fn len(&self) -> usize {
@@ -113,7 +117,7 @@ impl Iterator for Loader {
         if self.next >= self.total {
             return None;
         }
-        let rx = &self.receivers[self.next % self.receivers.len()];
+        let rx = &self.receivers[(self.next - self.first) % self.receivers.len()];
         self.next += 1;
         rx.recv().ok()
     }

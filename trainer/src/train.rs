@@ -43,13 +43,17 @@ pub struct TrainingStopped(pub String);
 
 /// Everything needed to continue training exactly where it stopped.
 pub struct TrainState {
-    /// The next epoch to run.
+    /// The next epoch to run (or to finish: see `epoch_iteration`).
     pub epoch: usize,
+    /// Iterations of `epoch` already trained: > 0 when `--max_iters` stopped the run inside
+    /// it, and a resume goes on from the next one (the epoch's order and augmentations come
+    /// from (seed, epoch, index), the device randomness from (seed, iteration)), so that a run
+    /// cut and resumed repeats the uncut one exactly. 0 in checkpoints written before it was
+    /// kept (they had moved on to the next epoch, and the rest of the cut one was not trained).
+    pub epoch_iteration: usize,
     /// Optimizer iterations done in all (fewer than `epoch` x iterations per epoch when
     /// `--max_iters` cut the last epoch short); `None` in checkpoints written before it was kept.
     pub iterations: Option<usize>,
-    /// `--max_iters` stopped the last epoch before its end.
-    pub epoch_cut: bool,
     pub student: Dino,
     pub teacher: Dino,
     pub optimizer: AdamW,
@@ -70,7 +74,7 @@ impl TrainState {
         let student = Dino::new(&vit, &cfg.head(vit.embed_dim), &ad);
         // Plain tensors: the teacher never gets a gradient.
         let teacher = student.valid();
-        Ok(Self { epoch: 0, iterations: Some(0), epoch_cut: false, student, teacher, optimizer: AdamW::default(),
+        Ok(Self { epoch: 0, epoch_iteration: 0, iterations: Some(0), student, teacher, optimizer: AdamW::default(),
             center: Tensor::zeros([1, cfg.out_dim], device),
             scaler: cfg.use_fp16.then(GradScaler::default),
         })
@@ -149,6 +153,33 @@ pub struct EpochLog {
     pub skipped_steps: Option<usize>,
     /// Loss of every iteration (for the curve and for resume checks).
     pub iter_losses: Vec<f64>,
+}
+
+impl EpochLog {
+    /// One record for an epoch that `--max_iters` cut and a resume finished: `self` is the
+    /// first part, `rest` the second; the same record as an uncut epoch's (the loss recomputed
+    /// over every iteration, the entropy weighted by iterations, the end-of-epoch values and
+    /// any k-NN from `rest`, speed over both parts' time).
+    pub fn continued(self, rest: EpochLog) -> EpochLog {
+        let (a, b) = (self.iter_losses.len() as f64, rest.iter_losses.len() as f64);
+        let mut iter_losses = self.iter_losses;
+        iter_losses.extend_from_slice(&rest.iter_losses);
+        let train_loss = iter_losses.iter().sum::<f64>() / iter_losses.len().max(1) as f64;
+        let teacher_entropy = (self.teacher_entropy * a + rest.teacher_entropy * b) / (a + b).max(1.0);
+        let seconds = self.seconds + rest.seconds;
+        let images = self.images_per_s * self.seconds + rest.images_per_s * rest.seconds;
+        EpochLog {
+            train_loss,
+            teacher_entropy,
+            kl: train_loss - teacher_entropy,
+            images_per_s: if seconds > 0.0 { images / seconds } else { 0.0 },
+            seconds,
+            skipped_files: self.skipped_files + rest.skipped_files,
+            skipped_steps: rest.skipped_steps.map(|n| n + self.skipped_steps.unwrap_or(0)),
+            iter_losses,
+            ..rest
+        }
+    }
 }
 
 /// What a finished run hands back: the teacher and the k-NN of its initial state (the floor).
@@ -248,15 +279,14 @@ fn train_one_epoch(
     cfg: &TrainConfig,
     schedules: &Schedules,
     epoch: usize,
+    first_iteration: usize,
     iterations_done: &mut usize,
     ckpt_path: &Path,
     ad: &Device,
-) -> anyhow::Result<(TrainState, Option<EpochLog>)> {
-    // Drop-path masks and any other device randomness restart from (seed, epoch): an
-    // interrupted and resumed run repeats the uninterrupted one exactly.
-    ad.seed(mix(cfg.seed, epoch as u64, 1));
-    let loader = Loader::start(dataset.clone(), &cfg.multicrop(), cfg.step_batch(), cfg.seed, epoch, cfg.num_workers, 2);
+) -> anyhow::Result<(TrainState, Option<EpochLog>, usize)> {
+    let loader = Loader::start(dataset.clone(), &cfg.multicrop(), cfg.step_batch(), cfg.seed, epoch, first_iteration, cfg.num_workers, 2);
     let bar = ProgressBar::new(loader.len() as u64);
+    bar.set_position(first_iteration as u64);
     if let Ok(style) = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}") {
         bar.set_style(style.progress_chars("=> "));
     }
@@ -265,16 +295,22 @@ fn train_one_epoch(
     let (mut losses, mut entropies, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
     let mut skipped_steps = 0usize;
     let mut images = 0usize;
-    let mut last = schedules.at(epoch * schedules.iters_per_epoch, cfg);
+    let mut last = schedules.at(epoch * schedules.iters_per_epoch + first_iteration, cfg);
+    let mut reached = first_iteration;
     let mut phases = Phases::new(cfg.profile, ad);
     let ncrops = 2 + cfg.local_crops_number;
     let parallel = Parallelism { replicas: device::replicas(cfg.replicas, ad), accum_iter: cfg.accum_iter };
-    let mut loader = loader.enumerate();
+    let mut loader = (first_iteration..).zip(loader);
     while let Some((it, batch)) = phases.time("data (waiting for the loader)", || loader.next()) {
         if cfg.max_iters > 0 && *iterations_done >= cfg.max_iters {
             break;
         }
-        let step = schedules.at(epoch * schedules.iters_per_epoch + it, cfg);
+        reached = it + 1;
+        let global_iteration = epoch * schedules.iters_per_epoch + it;
+        // Drop-path masks and any other device randomness restart from (seed, iteration): a run
+        // stopped anywhere and resumed repeats the uninterrupted one exactly.
+        ad.seed(mix(cfg.seed, global_iteration as u64, 1));
+        let step = schedules.at(global_iteration, cfg);
         skipped.extend(batch.skipped.iter().cloned());
         let batch_images = batch.images;
         if batch_images == 0 {
@@ -309,7 +345,7 @@ fn train_one_epoch(
     bar.finish_and_clear();
     phases.report("the epoch");
     if losses.is_empty() {
-        return Ok((state, None));
+        return Ok((state, None, reached));
     }
     let seconds = start.elapsed().as_secs_f64();
     if !skipped.is_empty() {
@@ -338,6 +374,7 @@ fn train_one_epoch(
             skipped_steps: loss_scale.map(|_| skipped_steps),
             iter_losses: losses,
         }),
+        reached,
     ))
 }
 
@@ -400,7 +437,11 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
         },
         None => None,
     };
-    let mut logs: Vec<EpochLog> = read_log(&log_path).into_iter().filter(|l| l.epoch < state.epoch).collect();
+    // The epochs the checkpoint has done, and the first part of one it is inside of.
+    let mut logs: Vec<EpochLog> = read_log(&log_path)
+        .into_iter()
+        .filter(|l| l.epoch < state.epoch || (l.epoch == state.epoch && state.epoch_iteration > 0))
+        .collect();
 
     let niter = dataset.len() / bs;
     let schedules = Schedules::new(cfg, niter);
@@ -433,23 +474,29 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
             ckpt_path.display(),
             cfg.max_iters
         );
-    } else if state.epoch_cut {
-        // Epochs restart from (seed, epoch): the rest of a cut epoch is not replayed.
+    } else if state.epoch_iteration > 0 {
         eprintln!(
-            "the run that wrote {} was stopped by --max_iters after {iterations_done} iterations, within epoch {}: training goes on from epoch {} (the rest of epoch {} is not trained)",
-            ckpt_path.display(),
-            state.epoch,
+            "resuming epoch {} at iteration {} of {niter}: the run that wrote {} was stopped there by --max_iters",
             state.epoch + 1,
-            state.epoch
+            state.epoch_iteration + 1,
+            ckpt_path.display()
         );
+    }
+    if state.epoch_iteration >= niter {
+        // Cut by --max_iters with a larger --batch_size_per_gpu x --accum_iter than this run's
+        // (fewer iterations per epoch now): that epoch's pictures were all seen.
+        (state.epoch, state.epoch_iteration) = (state.epoch + 1, 0);
     }
     let mut final_knn = None;
     let first_epoch = if max_iters_reached { cfg.epochs } else { state.epoch };
     for epoch in first_epoch..cfg.epochs {
-        let before = iterations_done;
-        let (s, log) = train_one_epoch(state, &mut loss_fn, &dataset, cfg, &schedules, epoch, &mut iterations_done, &ckpt_path, &ad)?;
+        let first_iteration = if epoch == state.epoch { state.epoch_iteration } else { 0 };
+        let (s, log, reached) = train_one_epoch(state, &mut loss_fn, &dataset, cfg, &schedules, epoch, first_iteration, &mut iterations_done, &ckpt_path, &ad)?;
         state = s;
         let Some(mut log) = log else { break };
+        if let Some(first_part) = logs.pop_if(|l| l.epoch == epoch) {
+            log = first_part.continued(log);
+        }
         let last_epoch = epoch + 1 == cfg.epochs || (cfg.max_iters > 0 && iterations_done >= cfg.max_iters);
         if let Some(ev) = &evaluator {
             if cfg.eval_every > 0 && ((epoch + 1) % cfg.eval_every == 0 || last_epoch) {
@@ -477,12 +524,13 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
             eprintln!("{w}");
         }
         logs.push(log);
-        state.epoch = epoch + 1;
+        // An epoch cut by --max_iters stays the next one to run, from where it stopped.
+        let epoch_done = reached >= niter;
+        (state.epoch, state.epoch_iteration) = if epoch_done { (epoch + 1, 0) } else { (epoch, reached) };
         state.iterations = Some(iterations_done);
-        state.epoch_cut = cfg.max_iters > 0 && iterations_done >= cfg.max_iters && iterations_done - before < niter;
         state.center = loss_fn.center.clone();
         save_checkpoint(&ckpt_path, &state, cfg)?;
-        if cfg.saveckp_freq > 0 && (epoch + 1) % cfg.saveckp_freq == 0 {
+        if epoch_done && cfg.saveckp_freq > 0 && (epoch + 1) % cfg.saveckp_freq == 0 {
             let copy = cfg.output_dir.join(format!("checkpoint{:04}.safetensors", epoch + 1));
             let bytes = std::fs::read(&ckpt_path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", ckpt_path.display()))?;
             write_atomically(&copy, &bytes)?;

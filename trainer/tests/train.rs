@@ -134,29 +134,54 @@ fn killed_and_resumed_run_equals_uninterrupted_run() {
     assert_eq!(read_log(&cut).len(), 4, "a resume past --max_iters trained");
 
     // --max_iters counts the iterations done, also when it cut an epoch short (the count came
-    // from the epochs before: 4 per epoch here, so a cut after 2 read as 4).
-    let short = temp_dir("resume-short");
-    let with_max = |epochs: &'static str, max: &'static str| {
-        let mut args = train_args(&data, &short, epochs);
-        args.extend_from_slice(&["--max_iters", max]);
+    // from the epochs before: 4 per epoch here, so a cut after 2 read as 4), and a resume goes
+    // on inside the cut epoch: cut at 2 and resumed to 5, the run equals one that ran 5 (the
+    // rest of the cut epoch was skipped before).
+    let with_max = |out: &Path, epochs: &'static str, max: &'static str| {
+        let mut args = train_args(&data, out, epochs);
+        // Drop path on: its masks come from the device's generator, seeded per iteration.
+        args.extend_from_slice(&["--max_iters", max, "--drop_path_rate", "0.1"]);
         dino(&args)
     };
-    assert_eq!(with_max("1", "2").code, 0);
-    let r = with_max("2", "2");
+    let short = temp_dir("resume-short");
+    assert_eq!(with_max(&short, "2", "2").code, 0);
+    let r = with_max(&short, "2", "2");
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("has done 2 iterations"), "{}", r.stderr);
-    let r = with_max("2", "5");
+    let r = with_max(&short, "2", "5");
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stderr.contains("stopped by --max_iters after 2 iterations"), "{}", r.stderr);
+    assert!(r.stderr.contains("resuming epoch 1 at iteration 3 of 4"), "{}", r.stderr);
     let log = read_log(&short);
-    assert_eq!(log.iter().map(|l| l.iter_losses.len()).collect::<Vec<_>>(), [2, 3], "iterations per epoch");
+    assert_eq!(log.iter().map(|l| (l.epoch, l.iter_losses.len())).collect::<Vec<_>>(), [(0, 4), (1, 1)], "iterations per epoch");
+    let uncut = temp_dir("resume-uncut");
+    assert_eq!(with_max(&uncut, "2", "5").code, 0);
+    let losses = |out: &Path| read_log(out).into_iter().flat_map(|l| l.iter_losses).collect::<Vec<f64>>();
+    assert_eq!(losses(&short), losses(&uncut), "a run cut by --max_iters and resumed differs from the uncut run");
+    let mean_losses = |out: &Path| read_log(out).into_iter().map(|l| l.train_loss).collect::<Vec<f64>>();
+    assert_eq!(mean_losses(&short), mean_losses(&uncut), "the cut epoch's record differs from the uncut one's");
+    // The tensors too (the header differs: its metadata holds --output_dir).
+    let tensors = |out: &Path| {
+        let bytes = std::fs::read(out.join("checkpoint.safetensors")).unwrap();
+        let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        bytes[8 + header..].to_vec()
+    };
+    assert!(tensors(&short) == tensors(&uncut), "checkpoint tensors differ after the resume inside the cut epoch");
+    // A resume with more pictures per iteration than the cut run (one iteration per epoch now,
+    // the cut was after the first): the cut epoch's position is past its end, so it goes on
+    // with the next epoch.
+    let mut args = train_args(&data, &short, "3");
+    let at = args.iter().position(|a| *a == "--batch_size_per_gpu").unwrap() + 1;
+    args[at] = "64";
+    let r = dino(&args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(read_log(&short).iter().map(|l| l.epoch).collect::<Vec<_>>(), [0, 1, 2]);
     // Whole epochs are not taken for cut ones, whatever the batch size of the resume.
     let mut args = train_args(&data, &whole, "5");
     let at = args.iter().position(|a| *a == "--batch_size_per_gpu").unwrap() + 1;
     args[at] = "8";
     let r = dino(&args);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(!r.stderr.contains("stopped by --max_iters"), "{}", r.stderr);
+    assert!(!r.stderr.contains("by --max_iters"), "{}", r.stderr);
 }
 
 #[test]
@@ -206,6 +231,6 @@ fn unreadable_files_in_an_image_folder_are_skipped_and_counted() {
     assert_eq!(run("1").code, 0);
     let r = run("2");
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(!r.stderr.contains("stopped by --max_iters"), "{}", r.stderr);
+    assert!(!r.stderr.contains("by --max_iters"), "{}", r.stderr);
     assert_eq!(read_log(&ones).len(), 2);
 }
