@@ -41,9 +41,10 @@ impl Attention {
         let scale = (head_dim as f64).powf(-0.5);
         // The fused projection's outputs are ordered [3, heads, head_dim] (official reshape
         // [B, N, 3, heads, head_dim]): q, k and v are its column blocks [0, C), [C, 2C), [2C, 3C).
-        // Projecting with each block of the weight gives the same numbers as slicing the fused
-        // output, and its backward slices the [C, 3C] weight instead of zero-filling the
-        // [B, N, 3C] activation three times per block (Burn's `narrow` backward).
+        // Under autodiff (the student), projecting with each block of the weight gives the same
+        // numbers as slicing the fused output, and its backward slices the [C, 3C] weight
+        // instead of zero-filling the [B, N, 3C] activation three times per block (Burn's
+        // `narrow` backward). Without autodiff the fused output is sliced (views, no copy).
         let (attn, out) = if x.device().is_autodiff() {
             let weight = self.qkv.weight.val();
             let bias = self.qkv.bias.as_ref().map(|p| p.val());
