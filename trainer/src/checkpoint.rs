@@ -42,8 +42,8 @@ pub fn save_checkpoint(path: &Path, state: &TrainState, config: &TrainConfig) ->
     if let Some(iterations) = state.iterations {
         meta.insert("iterations".into(), iterations.to_string());
     }
-    if state.epoch_iteration > 0 {
-        meta.insert("epoch_iteration".into(), state.epoch_iteration.to_string());
+    if state.epoch_pictures > 0 {
+        meta.insert("epoch_pictures".into(), state.epoch_pictures.to_string());
     }
     meta.insert("args".into(), serde_json::to_string(config)?);
     meta.insert("vit".into(), serde_json::to_string(state.teacher.backbone.config())?);
@@ -90,9 +90,9 @@ pub fn load_checkpoint(path: &Path, config: &TrainConfig, device: &Device) -> an
     };
     // Absent when the epoch starts from its beginning, and in checkpoints written before it was
     // kept (their `epoch_cut` epochs had moved on: the rest of the cut epoch is not replayed).
-    let epoch_iteration = match meta.get("epoch_iteration") {
-        Some(text) => text.parse().map_err(|_| bad(format!("epoch_iteration {text:?} in the metadata is not a count")))?,
+    let epoch_pictures = match meta.get("epoch_pictures") {
+        Some(text) => text.parse().map_err(|_| bad(format!("epoch_pictures {text:?} in the metadata is not a count")))?,
         None => 0,
     };
-    Ok(TrainState { epoch, epoch_iteration, iterations, student, teacher, optimizer, center, scaler })
+    Ok(TrainState { epoch, epoch_pictures, iterations, student, teacher, optimizer, center, scaler })
 }

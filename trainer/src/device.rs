@@ -94,7 +94,7 @@ pub fn check_step_memory(device: &Device, cfg: &crate::config::TrainConfig) -> a
     let gib = |bytes: u128| bytes as f64 / (1u64 << 30) as f64;
     anyhow::ensure!(
         needed <= available,
-        "--batch_size_per_gpu {} with --local_crops_number {}: one training step keeps at least {:.1} GiB of activations for its backward pass, more than the {:.1} GiB of memory available (MemAvailable + SwapFree); lower --batch_size_per_gpu (--accum_iter keeps the batch) or --local_crops_number",
+        "--batch_size_per_gpu {} with --local_crops_number {}: one training step keeps at least {:.1} GiB of activations for its backward pass, more than the {:.1} GiB of memory available (MemAvailable + SwapFree); lower --batch_size_per_gpu (--accum_iter keeps the batch), --local_crops_number or the model's size",
         cfg.batch_size_per_gpu,
         cfg.local_crops_number,
         gib(needed),

@@ -2,8 +2,8 @@
 //!
 //! Reproducible whatever the thread timing: the epoch's order is a permutation seeded by
 //! (seed, epoch), each picture's augmentation has its own generator seeded by
-//! (seed, epoch, index), and batch k always comes from worker (k - first) mod W, read in order;
-//! a resume inside an epoch starts at its next batch (`first`) and makes the same batches.
+//! (seed, epoch, index), and batch k always comes from worker k mod W, read in order; a resume
+//! inside an epoch batches the rest of the same order from its next picture on.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -34,11 +34,12 @@ pub fn mix(a: u64, b: u64, c: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The sample order of an epoch (shuffled; the last incomplete batch dropped, as official).
-pub fn epoch_order(len: usize, batch_size: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
+/// The sample order of an epoch (shuffled; the last incomplete batch dropped, as official),
+/// in batches from its `first_picture` on (0: the whole epoch; a resume inside it: the rest).
+pub fn epoch_order(len: usize, batch_size: usize, seed: u64, epoch: usize, first_picture: usize) -> Vec<Vec<usize>> {
     let mut idx: Vec<usize> = (0..len).collect();
     idx.shuffle(&mut StdRng::seed_from_u64(mix(seed, epoch as u64, u64::MAX)));
-    idx.chunks_exact(batch_size).map(|c| c.to_vec()).collect()
+    idx[first_picture.min(len)..].chunks_exact(batch_size).map(|c| c.to_vec()).collect()
 }
 
 pub fn make_batch(data: &Dataset, crops: &[CropSpec], indices: &[usize], seed: u64, epoch: usize) -> Batch {
@@ -67,8 +68,6 @@ pub fn make_batch(data: &Dataset, crops: &[CropSpec], indices: &[usize], seed: u
 /// An epoch's batches, produced by `workers` threads at most `prefetch` batches ahead each.
 pub struct Loader {
     receivers: Vec<Receiver<Batch>>,
-    /// The first batch produced (a resume inside the epoch skips the ones before it).
-    first: usize,
     next: usize,
     total: usize,
     handles: Vec<JoinHandle<()>>,
@@ -81,11 +80,11 @@ impl Loader {
         batch_size: usize,
         seed: u64,
         epoch: usize,
-        first_batch: usize,
+        first_picture: usize,
         workers: usize,
         prefetch: usize,
     ) -> Self {
-        let order = Arc::new(epoch_order(data.len(), batch_size, seed, epoch));
+        let order = Arc::new(epoch_order(data.len(), batch_size, seed, epoch, first_picture));
         let crops = Arc::new(multicrop.crops());
         let workers = workers.max(1);
         let mut receivers = Vec::new();
@@ -95,7 +94,7 @@ impl Loader {
             receivers.push(rx);
             let (data, order, crops) = (data.clone(), order.clone(), crops.clone());
             handles.push(std::thread::spawn(move || {
-                for k in (first_batch + w..order.len()).step_by(workers) {
+                for k in (w..order.len()).step_by(workers) {
                     let batch = make_batch(&data, &crops, &order[k], seed, epoch);
                     if tx.send(batch).is_err() {
                         return; // the consumer stopped early
@@ -103,7 +102,7 @@ impl Loader {
                 }
             }));
         }
-        Self { receivers, first: first_batch, next: first_batch, total: order.len(), handles }
+        Self { receivers, next: 0, total: order.len(), handles }
     }
 
     pub fn len(&self) -> usize {
@@ -117,7 +116,7 @@ impl Iterator for Loader {
         if self.next >= self.total {
             return None;
         }
-        let rx = &self.receivers[(self.next - self.first) % self.receivers.len()];
+        let rx = &self.receivers[self.next % self.receivers.len()];
         self.next += 1;
         rx.recv().ok()
     }

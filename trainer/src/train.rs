@@ -43,14 +43,16 @@ pub struct TrainingStopped(pub String);
 
 /// Everything needed to continue training exactly where it stopped.
 pub struct TrainState {
-    /// The next epoch to run (or to finish: see `epoch_iteration`).
+    /// The next epoch to run (or to finish: see `epoch_pictures`).
     pub epoch: usize,
-    /// Iterations of `epoch` already trained: > 0 when `--max_iters` stopped the run inside
-    /// it, and a resume goes on from the next one (the epoch's order and augmentations come
-    /// from (seed, epoch, index), the device randomness from (seed, iteration)), so that a run
-    /// cut and resumed repeats the uncut one exactly. 0 in checkpoints written before it was
-    /// kept (they had moved on to the next epoch, and the rest of the cut one was not trained).
-    pub epoch_iteration: usize,
+    /// Pictures of `epoch`'s shuffled order already trained: > 0 when `--max_iters` stopped the
+    /// run inside it, and a resume goes on from the next picture (the epoch's order and
+    /// augmentations come from (seed, epoch, index), the device randomness from (seed,
+    /// iteration)), so that a run cut and resumed repeats the uncut one exactly; with another
+    /// `--batch_size_per_gpu x --accum_iter` no picture is trained twice or left out. 0 in
+    /// checkpoints written before it was kept (they had moved on to the next epoch, and the rest
+    /// of the cut one was not trained).
+    pub epoch_pictures: usize,
     /// Optimizer iterations done in all (fewer than `epoch` x iterations per epoch when
     /// `--max_iters` cut the last epoch short); `None` in checkpoints written before it was kept.
     pub iterations: Option<usize>,
@@ -74,7 +76,7 @@ impl TrainState {
         let student = Dino::new(&vit, &cfg.head(vit.embed_dim), &ad);
         // Plain tensors: the teacher never gets a gradient.
         let teacher = student.valid();
-        Ok(Self { epoch: 0, epoch_iteration: 0, iterations: Some(0), student, teacher, optimizer: AdamW::default(),
+        Ok(Self { epoch: 0, epoch_pictures: 0, iterations: Some(0), student, teacher, optimizer: AdamW::default(),
             center: Tensor::zeros([1, cfg.out_dim], device),
             scaler: cfg.use_fp16.then(GradScaler::default),
         })
@@ -153,6 +155,10 @@ pub struct EpochLog {
     pub skipped_steps: Option<usize>,
     /// Loss of every iteration (for the curve and for resume checks).
     pub iter_losses: Vec<f64>,
+    /// Pictures of the epoch's order the record covers, from the first (the epoch's end, or
+    /// where `--max_iters` stopped it); absent in logs written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pictures: Option<usize>,
 }
 
 impl EpochLog {
@@ -279,13 +285,15 @@ fn train_one_epoch(
     cfg: &TrainConfig,
     schedules: &Schedules,
     epoch: usize,
-    first_iteration: usize,
+    first_picture: usize,
     iterations_done: &mut usize,
     ckpt_path: &Path,
     ad: &Device,
-) -> anyhow::Result<(TrainState, Option<EpochLog>, usize)> {
-    let loader = Loader::start(dataset.clone(), &cfg.multicrop(), cfg.step_batch(), cfg.seed, epoch, first_iteration, cfg.num_workers, 2);
-    let bar = ProgressBar::new(loader.len() as u64);
+) -> anyhow::Result<(TrainState, Option<EpochLog>, Option<usize>)> {
+    let bs = cfg.step_batch();
+    let first_iteration = first_picture / bs;
+    let loader = Loader::start(dataset.clone(), &cfg.multicrop(), bs, cfg.seed, epoch, first_picture, cfg.num_workers, 2);
+    let bar = ProgressBar::new((first_iteration + loader.len()) as u64);
     bar.set_position(first_iteration as u64);
     if let Ok(style) = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}") {
         bar.set_style(style.progress_chars("=> "));
@@ -296,16 +304,19 @@ fn train_one_epoch(
     let mut skipped_steps = 0usize;
     let mut images = 0usize;
     let mut last = schedules.at(epoch * schedules.iters_per_epoch + first_iteration, cfg);
-    let mut reached = first_iteration;
+    // Pictures of the epoch's order trained (or skipped as unreadable) once this run stops.
+    let mut pictures = first_picture;
+    let mut cut = false;
     let mut phases = Phases::new(cfg.profile, ad);
     let ncrops = 2 + cfg.local_crops_number;
     let parallel = Parallelism { replicas: device::replicas(cfg.replicas, ad), accum_iter: cfg.accum_iter };
     let mut loader = (first_iteration..).zip(loader);
     while let Some((it, batch)) = phases.time("data (waiting for the loader)", || loader.next()) {
         if cfg.max_iters > 0 && *iterations_done >= cfg.max_iters {
+            cut = true;
             break;
         }
-        reached = it + 1;
+        pictures += bs;
         let global_iteration = epoch * schedules.iters_per_epoch + it;
         // Drop-path masks and any other device randomness restart from (seed, iteration): a run
         // stopped anywhere and resumed repeats the uninterrupted one exactly.
@@ -344,8 +355,10 @@ fn train_one_epoch(
     }
     bar.finish_and_clear();
     phases.report("the epoch");
+    // Where a cut epoch stops (None: the epoch is done).
+    let stopped_at = cut.then_some(pictures);
     if losses.is_empty() {
-        return Ok((state, None, reached));
+        return Ok((state, None, stopped_at));
     }
     let seconds = start.elapsed().as_secs_f64();
     if !skipped.is_empty() {
@@ -373,8 +386,9 @@ fn train_one_epoch(
             loss_scale,
             skipped_steps: loss_scale.map(|_| skipped_steps),
             iter_losses: losses,
+            pictures: Some(pictures),
         }),
-        reached,
+        stopped_at,
     ))
 }
 
@@ -416,8 +430,23 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
     let floor_path = cfg.output_dir.join("knn_init.json");
 
     let mut state = if ckpt_path.exists() {
-        let s = load_checkpoint(&ckpt_path, cfg, &device)?;
-        eprintln!("resuming from {} at epoch {}", ckpt_path.display(), s.epoch);
+        let mut s = load_checkpoint(&ckpt_path, cfg, &device)?;
+        let inside = if s.epoch_pictures > 0 && s.epoch_pictures.saturating_add(bs) > dataset.len() {
+            // Cut by --max_iters, and what is left of that epoch does not fill one batch of this
+            // run (a larger --batch_size_per_gpu x --accum_iter): the epoch is done.
+            (s.epoch, s.epoch_pictures) = (s.epoch.saturating_add(1), 0);
+            String::new()
+        } else if s.epoch_pictures > 0 {
+            format!(
+                "; epoch {} was stopped by --max_iters after {} of its {} pictures, and goes on from there",
+                s.epoch.saturating_add(1),
+                s.epoch_pictures,
+                dataset.len()
+            )
+        } else {
+            String::new()
+        };
+        eprintln!("resuming from {}: {} of {} epoch(s) done{inside}", ckpt_path.display(), s.epoch, cfg.epochs);
         s
     } else {
         TrainState::new(cfg, &device)?
@@ -427,7 +456,7 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
     let floor: Option<Vec<(usize, f64)>> = match &evaluator {
         Some(ev) => match std::fs::read_to_string(&floor_path).ok().and_then(|t| serde_json::from_str(&t).ok()) {
             Some(f) => Some(f),
-            None if state.epoch == 0 => {
+            None if state.epoch == 0 && state.epoch_pictures == 0 => {
                 let f = top1s(&ev.knn(&state.teacher.backbone, &device)?);
                 write_atomically(&floor_path, serde_json::to_string(&f)?.as_bytes())?;
                 eprintln!("k-NN of the initial teacher (the floor): {}", format_knn(&f));
@@ -440,8 +469,30 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
     // The epochs the checkpoint has done, and the first part of one it is inside of.
     let mut logs: Vec<EpochLog> = read_log(&log_path)
         .into_iter()
-        .filter(|l| l.epoch < state.epoch || (l.epoch == state.epoch && state.epoch_iteration > 0))
+        .filter(|l| l.epoch < state.epoch || (l.epoch == state.epoch && state.epoch_pictures > 0))
         .collect();
+    // A run stopped between writing the checkpoint and log.txt leaves a record behind it: the
+    // first part of the epoch being resumed must end where the checkpoint does, and a finished
+    // epoch's record must cover the whole epoch.
+    if state.epoch_pictures > 0 && logs.last().is_some_and(|l| l.epoch == state.epoch && l.pictures != Some(state.epoch_pictures)) {
+        logs.pop();
+        eprintln!(
+            "warning: {}: the record of epoch {} does not end where the checkpoint does (a run stopped between writing them): it will cover that epoch from picture {} on",
+            log_path.display(),
+            state.epoch.saturating_add(1),
+            state.epoch_pictures.saturating_add(1)
+        );
+    }
+    for l in logs.iter().filter(|l| l.epoch < state.epoch) {
+        if let Some(p) = l.pictures.filter(|&p| p.saturating_add(bs) <= dataset.len()) {
+            eprintln!(
+                "warning: {}: the record of epoch {} covers its first {p} of {} pictures only (a run stopped between writing the checkpoint and the log): its loss is of those",
+                log_path.display(),
+                l.epoch + 1,
+                dataset.len()
+            );
+        }
+    }
 
     let niter = dataset.len() / bs;
     let schedules = Schedules::new(cfg, niter);
@@ -474,24 +525,12 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
             ckpt_path.display(),
             cfg.max_iters
         );
-    } else if state.epoch_iteration > 0 {
-        eprintln!(
-            "resuming epoch {} at iteration {} of {niter}: the run that wrote {} was stopped there by --max_iters",
-            state.epoch + 1,
-            state.epoch_iteration + 1,
-            ckpt_path.display()
-        );
-    }
-    if state.epoch_iteration >= niter {
-        // Cut by --max_iters with a larger --batch_size_per_gpu x --accum_iter than this run's
-        // (fewer iterations per epoch now): that epoch's pictures were all seen.
-        (state.epoch, state.epoch_iteration) = (state.epoch + 1, 0);
     }
     let mut final_knn = None;
     let first_epoch = if max_iters_reached { cfg.epochs } else { state.epoch };
     for epoch in first_epoch..cfg.epochs {
-        let first_iteration = if epoch == state.epoch { state.epoch_iteration } else { 0 };
-        let (s, log, reached) = train_one_epoch(state, &mut loss_fn, &dataset, cfg, &schedules, epoch, first_iteration, &mut iterations_done, &ckpt_path, &ad)?;
+        let first_picture = if epoch == state.epoch { state.epoch_pictures } else { 0 };
+        let (s, log, stopped_at) = train_one_epoch(state, &mut loss_fn, &dataset, cfg, &schedules, epoch, first_picture, &mut iterations_done, &ckpt_path, &ad)?;
         state = s;
         let Some(mut log) = log else { break };
         if let Some(first_part) = logs.pop_if(|l| l.epoch == epoch) {
@@ -525,8 +564,11 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
         }
         logs.push(log);
         // An epoch cut by --max_iters stays the next one to run, from where it stopped.
-        let epoch_done = reached >= niter;
-        (state.epoch, state.epoch_iteration) = if epoch_done { (epoch + 1, 0) } else { (epoch, reached) };
+        let epoch_done = stopped_at.is_none();
+        (state.epoch, state.epoch_pictures) = match stopped_at {
+            None => (epoch + 1, 0),
+            Some(pictures) => (epoch, pictures),
+        };
         state.iterations = Some(iterations_done);
         state.center = loss_fn.center.clone();
         save_checkpoint(&ckpt_path, &state, cfg)?;

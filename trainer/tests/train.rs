@@ -150,7 +150,7 @@ fn killed_and_resumed_run_equals_uninterrupted_run() {
     assert!(r.stderr.contains("has done 2 iterations"), "{}", r.stderr);
     let r = with_max(&short, "2", "5");
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stderr.contains("resuming epoch 1 at iteration 3 of 4"), "{}", r.stderr);
+    assert!(r.stderr.contains("epoch 1 was stopped by --max_iters after 32 of its 64 pictures"), "{}", r.stderr);
     let log = read_log(&short);
     assert_eq!(log.iter().map(|l| (l.epoch, l.iter_losses.len())).collect::<Vec<_>>(), [(0, 4), (1, 1)], "iterations per epoch");
     let uncut = temp_dir("resume-uncut");
@@ -166,15 +166,48 @@ fn killed_and_resumed_run_equals_uninterrupted_run() {
         bytes[8 + header..].to_vec()
     };
     assert!(tensors(&short) == tensors(&uncut), "checkpoint tensors differ after the resume inside the cut epoch");
-    // A resume with more pictures per iteration than the cut run (one iteration per epoch now,
-    // the cut was after the first): the cut epoch's position is past its end, so it goes on
-    // with the next epoch.
-    let mut args = train_args(&data, &short, "3");
-    let at = args.iter().position(|a| *a == "--batch_size_per_gpu").unwrap() + 1;
-    args[at] = "64";
-    let r = dino(&args);
+    // A run stopped between writing the checkpoint and log.txt (fault injection at the 7th
+    // step of the atomic writes: the checkpoint of epoch 1's end is written, log.txt not) leaves
+    // epoch 1's first part as its record: the resume says so rather than passing it as whole.
+    let crashed = temp_dir("resume-crash");
+    assert_eq!(with_max(&crashed, "2", "2").code, 0);
+    let mut args = train_args(&data, &crashed, "2");
+    args.extend_from_slice(&["--max_iters", "5", "--drop_path_rate", "0.1"]);
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_dino"))
+        .args(&args)
+        .env("DINO_CRASH_AT", "7")
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the fault injection did not fire");
+    let r = with_max(&crashed, "2", "5");
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(read_log(&short).iter().map(|l| l.epoch).collect::<Vec<_>>(), [0, 1, 2]);
+    assert!(r.stderr.contains("the record of epoch 1 covers its first 32 of 64 pictures only"), "{}", r.stderr);
+    assert!(tensors(&crashed) == tensors(&uncut), "the tensors after the crash and resume differ");
+    // A resume with more pictures per iteration than the cut run: the position is kept in
+    // pictures, so none is trained twice or left out. Epoch 2 stopped after 16 of 64 pictures:
+    // with 32 per iteration one more iteration (pictures 16-47) ends it (the last 16 do not fill
+    // a batch, as the official loader drops them); with 64 the rest fills none: next epoch.
+    let with_batch = |batch: &'static str, epochs: &'static str| {
+        let mut args = train_args(&data, &short, epochs);
+        let at = args.iter().position(|a| *a == "--batch_size_per_gpu").unwrap() + 1;
+        args[at] = batch;
+        dino(&args)
+    };
+    let r = with_batch("32", "2");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let log = read_log(&short);
+    assert_eq!(log.iter().map(|l| (l.epoch, l.iter_losses.len())).collect::<Vec<_>>(), [(0, 4), (1, 2)]);
+    let short2 = temp_dir("resume-short-64");
+    for (max, batch) in [("5", "16"), ("0", "64")] {
+        let mut args = train_args(&data, &short2, "3");
+        args.extend_from_slice(&["--max_iters", max]);
+        let at = args.iter().position(|a| *a == "--batch_size_per_gpu").unwrap() + 1;
+        args[at] = batch;
+        let r = dino(&args);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    assert_eq!(read_log(&short2).iter().map(|l| (l.epoch, l.iter_losses.len())).collect::<Vec<_>>(), [(0, 4), (1, 1), (2, 1)]);
     // Whole epochs are not taken for cut ones, whatever the batch size of the resume.
     let mut args = train_args(&data, &whole, "5");
     let at = args.iter().position(|a| *a == "--batch_size_per_gpu").unwrap() + 1;
