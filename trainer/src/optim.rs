@@ -44,6 +44,10 @@ pub struct Step {
     pub freeze_last_layer: bool,
     /// The dtype of the forward's matrix products (`--use_fp16` / `--use_bf16`; `None`: f32).
     pub autocast: Option<FloatDType>,
+    /// Seed of this step's drop-path masks: micro-batch i draws them from a generator seeded
+    /// with `mix(drop_path_seed, i)` (`dino train`: from the run's seed and the iteration, so a
+    /// resumed run draws the same masks). Unused without drop path.
+    pub drop_path_seed: u64,
 }
 
 struct Update<'a> {
@@ -187,6 +191,7 @@ mod tests {
                 clip_grad: 3.0,
                 freeze_last_layer: false,
                 autocast: None,
+                drop_path_seed: 0,
             };
             m = opt.step(m, grads, &step);
             let host = |t: Tensor<2>| t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();

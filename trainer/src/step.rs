@@ -27,12 +27,13 @@
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::Tensor;
 use rayon::prelude::*;
 use dino_shared::autocast::autocast;
 use dino_shared::vit::with_drop_path_seed;
 
 use crate::ema::ema_update;
+use crate::loader::mix;
 use crate::loss::DinoLoss;
 use crate::model::Dino;
 use crate::optim::Step;
@@ -121,17 +122,6 @@ fn replica_step(student: &Dino, teacher: &Dino, loss_fn: &DinoLoss, crops: Crops
     let loss = loss.mul_scalar(weight);
     let grads = GradientsParams::from_grads(scaled(loss.clone(), loss_scale).backward(), student);
     Share { loss: loss.inner(), entropy: entropy.mul_scalar(weight), teacher_sum: teacher_out.sum_dim(0), grads }
-}
-
-/// `parts` seeds for the micro-batches' drop-path generators, drawn from `device`'s generator
-/// (two uniform draws each, their bits joined), so that they follow the run's seed and resume.
-fn micro_batch_seeds(parts: usize, device: &Device) -> Vec<u64> {
-    let draws: Vec<f32> = Tensor::<1>::random([2 * parts], Distribution::Uniform(0.0, 1.0), device)
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap_or_default();
-    draws.chunks_exact(2).map(|d| (u64::from(d[0].to_bits()) << 32) | u64::from(d[1].to_bits())).collect()
 }
 
 /// The loss the backward pass starts from: times the f16 scaler's factor, when there is one.
@@ -227,11 +217,14 @@ pub fn train_step(
             let bounds: Vec<(usize, usize)> =
                 (0..parts).map(|i| (i * b / parts, (i + 1) * b / parts - i * b / parts)).collect();
             let device = crops.globals.device();
-            // Drop-path masks: one generator per micro-batch, seeded here from the device's
-            // generator in micro-batch order, so that the replicas' masks do not depend on which
-            // replica draws first (a seeded run repeats itself). Not drawn without drop-path:
-            // such runs use the device's generator as before.
-            let seeds = if student.backbone.has_drop_path() { micro_batch_seeds(parts, &device) } else { Vec::new() };
+            // Drop-path masks: one generator per micro-batch, seeded from the step's seed and the
+            // micro-batch's index, so that the replicas' masks do not depend on which replica
+            // draws first (a seeded run repeats itself), on the host (no read-back from a GPU).
+            let seeds: Vec<u64> = if student.backbone.has_drop_path() {
+                (0..parts).map(|i| mix(step.drop_path_seed, i as u64, 0)).collect()
+            } else {
+                Vec::new()
+            };
             let run = |first: usize, chunk: &[(usize, usize)], replica: &Dino| -> Share {
                 let mut total: Option<Share> = None;
                 for (i, &(start, n)) in chunk.iter().enumerate() {
@@ -365,6 +358,7 @@ mod tests {
                 clip_grad: 3.0,
                 freeze_last_layer: i == 0,
                 autocast,
+                drop_path_seed: 100 + i,
             };
             let (s, v) = train_step(state, &mut loss_fn, Crops { globals, locals, ncrops: 4 }, &step, parallel, &mut Phases::new(false, &ad));
             state = s;
@@ -450,7 +444,7 @@ mod tests {
         ad.seed(7);
         let globals = Tensor::random([8, 3, g, g], Distribution::Normal(0.0, 1.0), &ad);
         let locals = Some(Tensor::random([8, 3, l, l], Distribution::Normal(0.0, 1.0), &ad));
-        let step = Step { lr: 0.0, weight_decay: 0.0, momentum: 0.9, teacher_temp: 0.04, clip_grad: 0.0, freeze_last_layer: false, autocast };
+        let step = Step { lr: 0.0, weight_decay: 0.0, momentum: 0.9, teacher_temp: 0.04, clip_grad: 0.0, freeze_last_layer: false, autocast, drop_path_seed: 7 };
         // f16 through the scaler at a scale where this model's gradients fit (from the default
         // 2^16 the first steps overflow and are skipped, as with torch, until the scale fits).
         let scale = (autocast == Some(FloatDType::F16)).then_some(1024.0);
@@ -534,7 +528,7 @@ mod tests {
         let mut loss_fn = DinoLoss::new(cfg.out_dim, &device);
         let g = cfg.global_crops_size;
         let globals = Tensor::random([4, 3, g, g], Distribution::Normal(0.0, 1.0), &ad);
-        let step = Step { lr: 1e-3, weight_decay: 0.0, momentum: 1.0, teacher_temp: 0.04, clip_grad: 0.0, freeze_last_layer: false, autocast: cfg.autocast() };
+        let step = Step { lr: 1e-3, weight_decay: 0.0, momentum: 1.0, teacher_temp: 0.04, clip_grad: 0.0, freeze_last_layer: false, autocast: cfg.autocast(), drop_path_seed: 0 };
         let params = |s: &TrainState| to_state_dict(&s.student).iter().map(|(_, t)| t.data.clone()).collect::<Vec<_>>();
         let before = params(&state);
         let crops = || Crops { globals: globals.clone(), locals: None, ncrops: 2 };

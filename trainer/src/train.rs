@@ -120,6 +120,7 @@ impl Schedules {
             clip_grad: cfg.clip_grad,
             freeze_last_layer: it / self.iters_per_epoch.max(1) < cfg.freeze_last_layer,
             autocast: cfg.autocast(),
+            drop_path_seed: mix(cfg.seed, it as u64, 3),
         }
     }
 }

@@ -197,6 +197,7 @@ fn step(a: &StepArgs) -> anyhow::Result<serde_json::Value> {
         clip_grad: cfg.clip_grad,
         freeze_last_layer: false,
         autocast: cfg.autocast(),
+        drop_path_seed: 0,
     };
     let replicas = device::replicas(a.replicas, &device);
     let mut phases = Phases::new(a.profile, &ad);
