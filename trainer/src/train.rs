@@ -484,14 +484,24 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
             state.epoch_pictures.saturating_add(1)
         );
     }
-    for l in logs.iter().filter(|l| l.epoch < state.epoch) {
-        if let Some(p) = l.pictures.filter(|&p| p.saturating_add(bs) <= dataset.len()) {
-            eprintln!(
-                "warning: {}: the record of epoch {} covers its first {p} of {} pictures only (a run stopped between writing the checkpoint and the log): its loss is of those",
+    // The last finished epoch's record is the one such a stop can leave short or missing.
+    if let Some(done) = state.epoch.checked_sub(1).filter(|_| state.epoch_pictures == 0 && log_path.exists()) {
+        match logs.iter().find(|l| l.epoch == done) {
+            None => eprintln!(
+                "warning: {}: no record of epoch {} (a run stopped between writing the checkpoint and the log)",
                 log_path.display(),
-                l.epoch + 1,
-                dataset.len()
-            );
+                done + 1
+            ),
+            Some(l) => {
+                if let Some(p) = l.pictures.filter(|&p| p.saturating_add(bs) <= dataset.len()) {
+                    eprintln!(
+                        "warning: {}: the record of epoch {} covers its first {p} of {} pictures only (a run stopped between writing the checkpoint and the log): its loss is of those",
+                        log_path.display(),
+                        done + 1,
+                        dataset.len()
+                    );
+                }
+            }
         }
     }
 
