@@ -420,7 +420,7 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
         cfg.epochs,
         dataset.len() / bs
     );
-    dataset.ensure_readable(&data_path)?;
+    dataset.ensure_readable(&data_path.display())?;
     let device = device::select(cfg.device);
     // Fresh runs and resumes alike.
     device::check_autocast(&device, cfg.autocast())?;

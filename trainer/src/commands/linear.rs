@@ -221,7 +221,7 @@ pub fn run(args: &LinearArgs) -> anyhow::Result<f64> {
     eprintln!("linear probe: {} train x {} views / {} val pictures, {dim} features", train.len(), args.cache_views, val.len());
     // Both splits checked before any extraction (the training views resize any picture that
     // decodes, as RandomResizedCrop does; the val split is resized for evaluation).
-    train.ensure_readable(std::path::Path::new("the train split"))?;
+    train.ensure_readable(&"the train split")?;
     crate::knn::ensure_usable(&val, "val", size, "--image_size", model.config().patch_size)?;
     let mut views = Vec::new();
     let mut train_labels = Vec::new();

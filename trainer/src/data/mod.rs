@@ -191,8 +191,8 @@ impl Dataset {
     /// Decode items in order until one works; the training split must have one.
     ///
     /// # Errors
-    /// No item decodes: the folder is named with the first failure.
-    pub fn ensure_readable(&self, what: &Path) -> anyhow::Result<()> {
+    /// No item decodes: `what` (the folder, or the split) is named with the first failure.
+    pub fn ensure_readable(&self, what: &dyn std::fmt::Display) -> anyhow::Result<()> {
         let mut first_error = None;
         for i in 0..self.len() {
             match self.load(i) {
@@ -203,8 +203,7 @@ impl Dataset {
             }
         }
         anyhow::bail!(
-            "{}: no readable image among {} file(s) (first: {})",
-            what.display(),
+            "{what}: no readable image among {} file(s) (first: {})",
             self.len(),
             first_error.map(|e| e.to_string()).unwrap_or_else(|| "none".into())
         )
