@@ -156,10 +156,11 @@ pub struct EpochLog {
     pub skipped_steps: Option<usize>,
     /// Loss of every iteration (for the curve and for resume checks).
     pub iter_losses: Vec<f64>,
-    /// Pictures of the epoch's order the record covers, from the first (the epoch's end, or
-    /// where `--max_iters` stopped it); absent in logs written before it was kept.
+    /// Where `--max_iters` stopped this epoch (pictures of its order): the record is then the
+    /// epoch's first part, and a resume merges the rest into it ([`EpochLog::continued`]).
+    /// Absent for a whole epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pictures: Option<usize>,
+    pub cut_at_picture: Option<usize>,
 }
 
 impl EpochLog {
@@ -277,7 +278,10 @@ pub fn collapse_warning(entropy: f64, kl: f64, out_dim: usize) -> Option<String>
     }
 }
 
-/// One pass over the data: the body of official `train_one_epoch`.
+/// One pass over the data (or the rest of one, from `first_picture`): the body of official
+/// `train_one_epoch`. Returns the state, the epoch's record (none when no step ran), where
+/// `--max_iters` stopped it (pictures of its order; none when the epoch is done) and the
+/// unreadable files it skipped.
 #[allow(clippy::too_many_arguments)]
 fn train_one_epoch(
     mut state: TrainState,
@@ -290,9 +294,11 @@ fn train_one_epoch(
     iterations_done: &mut usize,
     ckpt_path: &Path,
     ad: &Device,
-) -> anyhow::Result<(TrainState, Option<EpochLog>, Option<usize>)> {
+) -> anyhow::Result<(TrainState, Option<EpochLog>, Option<usize>, usize)> {
     let bs = cfg.step_batch();
-    let first_iteration = first_picture / bs;
+    // The iteration the epoch goes on with (rounded up: with a larger batch than the cut run's,
+    // no iteration's schedule values and seeds are used twice).
+    let first_iteration = first_picture.div_ceil(bs);
     let loader = Loader::start(dataset.clone(), &cfg.multicrop(), bs, cfg.seed, epoch, first_picture, cfg.num_workers, 2);
     let bar = ProgressBar::new((first_iteration + loader.len()) as u64);
     bar.set_position(first_iteration as u64);
@@ -358,14 +364,14 @@ fn train_one_epoch(
     phases.report("the epoch");
     // Where a cut epoch stops (None: the epoch is done).
     let stopped_at = cut.then_some(pictures);
-    if losses.is_empty() {
-        return Ok((state, None, stopped_at));
-    }
-    let seconds = start.elapsed().as_secs_f64();
     if !skipped.is_empty() {
         let shown: Vec<&str> = skipped.iter().take(5).map(String::as_str).collect();
         eprintln!("warning: skipped {} unreadable file(s) this epoch: {}", skipped.len(), shown.join("; "));
     }
+    if losses.is_empty() {
+        return Ok((state, None, stopped_at, skipped.len()));
+    }
+    let seconds = start.elapsed().as_secs_f64();
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (train_loss, teacher_entropy) = (mean(&losses), mean(&entropies));
     let loss_scale = state.scaler.map(|s| s.scale);
@@ -387,9 +393,10 @@ fn train_one_epoch(
             loss_scale,
             skipped_steps: loss_scale.map(|_| skipped_steps),
             iter_losses: losses,
-            pictures: Some(pictures),
+            cut_at_picture: stopped_at,
         }),
         stopped_at,
+        skipped.len(),
     ))
 }
 
@@ -432,12 +439,21 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
 
     let mut state = if ckpt_path.exists() {
         let mut s = load_checkpoint(&ckpt_path, cfg, &device)?;
+        anyhow::ensure!(
+            s.epoch_pictures < dataset.len().max(1),
+            "{}: the checkpoint stopped epoch {} after {} pictures, but {} has {} (a checkpoint of other data?)",
+            ckpt_path.display(),
+            s.epoch.saturating_add(1),
+            s.epoch_pictures,
+            data_path.display(),
+            dataset.len()
+        );
         let inside = if s.epoch_pictures > 0 && s.epoch_pictures.saturating_add(bs) > dataset.len() {
             // Cut by --max_iters, and what is left of that epoch does not fill one batch of this
             // run (a larger --batch_size_per_gpu x --accum_iter): the epoch is done.
             (s.epoch, s.epoch_pictures) = (s.epoch.saturating_add(1), 0);
             String::new()
-        } else if s.epoch_pictures > 0 {
+        } else if s.epoch_pictures > 0 && s.epoch < cfg.epochs {
             format!(
                 "; epoch {} was stopped by --max_iters after {} of its {} pictures, and goes on from there",
                 s.epoch.saturating_add(1),
@@ -472,34 +488,26 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
         .into_iter()
         .filter(|l| l.epoch < state.epoch || (l.epoch == state.epoch && state.epoch_pictures > 0))
         .collect();
-    // A run stopped between writing the checkpoint and log.txt leaves a record behind it: the
-    // first part of the epoch being resumed must end where the checkpoint does, and a finished
-    // epoch's record must cover the whole epoch.
-    if state.epoch_pictures > 0 && logs.last().is_some_and(|l| l.epoch == state.epoch && l.pictures != Some(state.epoch_pictures)) {
-        logs.pop();
-        eprintln!(
-            "warning: {}: the record of epoch {} does not end where the checkpoint does (a run stopped between writing them): it will cover that epoch from picture {} on",
-            log_path.display(),
-            state.epoch.saturating_add(1),
-            state.epoch_pictures.saturating_add(1)
-        );
-    }
-    // The last finished epoch's record is the one such a stop can leave short or missing.
-    if let Some(done) = state.epoch.checked_sub(1).filter(|_| state.epoch_pictures == 0 && log_path.exists()) {
+    // A run stopped between writing the checkpoint and log.txt leaves the log behind it: the
+    // record of the epoch being resumed must be its first part, cut where the checkpoint was, and
+    // the last finished epoch's record must be whole.
+    let warn = |what: String| eprintln!("warning: {}: {what} (a run stopped between writing the checkpoint and the log)", log_path.display());
+    if state.epoch_pictures > 0 {
+        let (e, p) = (state.epoch.saturating_add(1), state.epoch_pictures);
+        match logs.last().filter(|l| l.epoch == state.epoch) {
+            Some(l) if l.cut_at_picture == Some(p) => {}
+            Some(_) => {
+                logs.pop();
+                warn(format!("the record of epoch {e} does not end at picture {p}, where the checkpoint does; it will cover that epoch from there on"));
+            }
+            None => warn(format!("no record of the first {p} pictures of epoch {e}; its record will cover the rest")),
+        }
+    } else if let Some(done) = state.epoch.checked_sub(1).filter(|_| log_path.exists()) {
         match logs.iter().find(|l| l.epoch == done) {
-            None => eprintln!(
-                "warning: {}: no record of epoch {} (a run stopped between writing the checkpoint and the log)",
-                log_path.display(),
-                done + 1
-            ),
+            None => warn(format!("no record of epoch {}", done + 1)),
             Some(l) => {
-                if let Some(p) = l.pictures.filter(|&p| p.saturating_add(bs) <= dataset.len()) {
-                    eprintln!(
-                        "warning: {}: the record of epoch {} covers its first {p} of {} pictures only (a run stopped between writing the checkpoint and the log): its loss is of those",
-                        log_path.display(),
-                        done + 1,
-                        dataset.len()
-                    );
+                if let Some(p) = l.cut_at_picture {
+                    warn(format!("the record of epoch {} covers its first {p} pictures only; its loss is of those", done + 1));
                 }
             }
         }
@@ -523,7 +531,7 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
     );
 
     let ad = device.clone().autodiff();
-    let mut iterations_done = state.iterations.unwrap_or(state.epoch * niter);
+    let mut iterations_done = state.iterations.unwrap_or(state.epoch.saturating_mul(niter));
     // Checkpoints written before the count was kept: epochs x iterations per epoch.
     let estimated = if state.iterations.is_some() { "" } else { " (estimated: an older checkpoint without its count)" };
     // A resume past the end trains nothing: say why instead of passing silently.
@@ -541,12 +549,32 @@ pub fn train(cfg: &TrainConfig) -> anyhow::Result<TrainOutcome> {
     let first_epoch = if max_iters_reached { cfg.epochs } else { state.epoch };
     for epoch in first_epoch..cfg.epochs {
         let first_picture = if epoch == state.epoch { state.epoch_pictures } else { 0 };
-        let (s, log, stopped_at) = train_one_epoch(state, &mut loss_fn, &dataset, cfg, &schedules, epoch, first_picture, &mut iterations_done, &ckpt_path, &ad)?;
+        let (s, log, stopped_at, skipped_files) = train_one_epoch(state, &mut loss_fn, &dataset, cfg, &schedules, epoch, first_picture, &mut iterations_done, &ckpt_path, &ad)?;
         state = s;
-        let Some(mut log) = log else { break };
-        if let Some(first_part) = logs.pop_if(|l| l.epoch == epoch) {
-            log = first_part.continued(log);
-        }
+        let log = match (logs.pop_if(|l| l.epoch == epoch), log) {
+            (Some(first), Some(rest)) => Some(first.continued(rest)),
+            // The rest of a cut epoch had no batch to train (unreadable pictures only).
+            (Some(first), None) if stopped_at.is_none() => {
+                Some(EpochLog { cut_at_picture: None, skipped_files: first.skipped_files + skipped_files, ..first })
+            }
+            (Some(first), None) => {
+                logs.push(first);
+                None
+            }
+            (None, log) => log,
+        };
+        let Some(mut log) = log else {
+            if stopped_at.is_some() {
+                break; // --max_iters reached before this epoch's first step
+            }
+            // A whole epoch without a batch to train: go on with the next one, not stop here
+            // (a rerun would stop at the same place).
+            eprintln!("warning: epoch {}/{}: no batch to train (unreadable pictures only)", epoch + 1, cfg.epochs);
+            (state.epoch, state.epoch_pictures) = (epoch + 1, 0);
+            state.iterations = Some(iterations_done);
+            save_checkpoint(&ckpt_path, &state, cfg)?;
+            continue;
+        };
         let last_epoch = epoch + 1 == cfg.epochs || (cfg.max_iters > 0 && iterations_done >= cfg.max_iters);
         if let Some(ev) = &evaluator {
             if cfg.eval_every > 0 && ((epoch + 1) % cfg.eval_every == 0 || last_epoch) {
