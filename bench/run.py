@@ -129,14 +129,15 @@ def median(values):
     return v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
 
 
-def side_by_side(r, kind, args, label, key, higher_is_better, scale=1.0, device=True, memory=False):
+def side_by_side(r, kind, args, label, key, higher_is_better, scale=1.0, device=True, memory=False, repeat=None):
     """Run one case on both sides, --repeat times, alternating (ours, PyTorch, ours, ...) so that
     each pair shares the machine's state of the moment; returns the table row and the raw results.
     The row gives each side's median and the median of the pairs' ratios (with their range when
     repeated): one run's ratio moves by 20-30% on a shared VM. memory: add both processes' peak
-    resident memory (MiB, the largest over the repeats) to the row."""
+    resident memory (MiB, the largest over the repeats) to the row. repeat: pairs to run instead
+    of --repeat."""
     runs = []
-    for _ in range(r.args.repeat):
+    for _ in range(repeat or r.args.repeat):
         o = r.ours(kind, *args, *(["--device", r.args.device] if device else []))
         p = r.peer(kind, *args)
         runs.append({"ours": o, "pytorch": p})
@@ -181,12 +182,15 @@ def section_step(r, q):
 
 def section_infer(r, q):
     rows, raw = [], []
-    # Batch 1: 30 passes per process (2 s): with 10, one process's mean moved with this VM's slow phases.
-    for batch, iters in ((1, 30 if not q else 1), (32, 3 if not q else 1)):
+    # Batch 1: 30 passes per process (2 s): with 10, one process's mean moved with this VM's slow
+    # phases. It is the cheapest case and the noisiest ratio (a pair moves by 0.8-1.2 within
+    # minutes), so it runs 2 x --repeat + 1 pairs (7 by default), a few seconds each.
+    for batch, iters, pairs in ((1, 30 if not q else 1, 2 * r.args.repeat + 1 if not q else None),
+                                (32, 3 if not q else 1, None)):
         args = ["--arch", "vit_small", "--patch_size", "16", "--image_size", "224", "--batch", str(batch),
                 "--iters", str(iters), "--warmup", "1"]
         row, res = side_by_side(r, "infer", args, [f"ViT-S/16 224 px, batch {batch}"], "ms_mean", False,
-                                memory=True)
+                                memory=True, repeat=pairs)
         rows.append(row)
         raw.append({"batch": batch, **res})
     md = ("### Inference with last-layer attention (ms per batch; ratio = PyTorch time / ours; peak resident "
@@ -372,7 +376,8 @@ def main():
     p.add_argument("--ours_only", action="store_true", help="skip the PyTorch peer (no torch needed)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--repeat", type=int, default=3,
-                   help="runs of each timed case per side, alternating; the tables give medians (--quick: 1)")
+                   help="runs of each timed case per side, alternating; the tables give medians (--quick: 1); "
+                        "inference at batch 1, the cheapest and noisiest case, runs 2 x REPEAT + 1")
     p.add_argument("--device", default="cpu", choices=["cpu", "wgpu"],
                    help="dino-rs device (the peer runs on the CPU)")
     p.add_argument("--train_images", type=int, default=6000)
@@ -394,7 +399,7 @@ def main():
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     head = (f"Run {started:%Y-%m-%d %H:%M} UTC on {platform.node()}: {cpu}, {os.cpu_count()} cores, "
             f"{a.threads} threads for both sides; dino-rs device {a.device}; each timed case run {a.repeat}x per "
-            f"side, alternating (medians; ratio: median of the pairs' ratios, their range in brackets)"
+            f"side{'' if a.quick else f' ({2 * a.repeat + 1}x for inference at batch 1)'}, alternating (medians; ratio: median of the pairs' ratios, their range in brackets)"
             + ("" if r.py is None else "; peer: " + subprocess.run(
                 [r.py, "-c", "import torch, timm; print(f'torch {torch.__version__}, timm {timm.__version__}')"],
                 capture_output=True, text=True).stdout.strip())
