@@ -13,6 +13,21 @@ use crate::data::Dataset;
 /// Why the evaluations (k-NN, linear probe, embed) skip a picture, for their warning line.
 pub const SKIP_REASONS: &str = "unreadable, smaller than one patch, or too elongated to resize to this size";
 
+/// A decoded picture prepared for the evaluations (k-NN, linear probe) at `image_size`: the
+/// input; or `Ok(Err(why))` when this picture cannot be used (skipped and counted:
+/// [`SKIP_REASONS`]).
+///
+/// # Errors
+/// `image_size` itself cannot be used (`PreprocessError::is_size_flag_error`): every picture
+/// would fail, so the callers stop rather than count skipped files.
+pub fn evaluation_input(img: image::RgbImage, image_size: usize, patch: usize) -> Result<Result<ModelInput, PreprocessError>, PreprocessError> {
+    match preprocess::for_evaluation(&image::DynamicImage::ImageRgb8(img), image_size, patch) {
+        Ok(x) => Ok(Ok(x)),
+        Err(e) if e.is_size_flag_error() => Err(e),
+        Err(e) => Ok(Err(e)),
+    }
+}
+
 /// Whether `data` holds a picture the evaluation can use at `image_size` (decoded and
 /// preprocessed as [`extract_features`] does, in order, stopping at the first that works).
 /// The k-NN and the linear probe check both splits before extracting any feature, so that a
@@ -26,10 +41,10 @@ pub fn ensure_usable(data: &Dataset, split: &str, image_size: usize, size_flag: 
     for i in 0..data.len() {
         // A decoding error names its file already; a preprocessing error does not.
         let error = match data.load(i) {
-            Ok(img) => match preprocess::for_evaluation(&image::DynamicImage::ImageRgb8(img), image_size, patch) {
-                Ok(_) => return Ok(()),
-                Err(e) if e.is_size_flag_error() => anyhow::bail!("{}: {}", data.describe(i), e.message_for_flag(size_flag)),
-                Err(e) => format!("{}: {e}", data.describe(i)),
+            Ok(img) => match evaluation_input(img, image_size, patch) {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => format!("{}: {e}", data.describe(i)),
+                Err(e) => anyhow::bail!("{}: {}", data.describe(i), e.message_for_flag(size_flag)),
             },
             Err(e) => e.to_string(),
         };
@@ -74,11 +89,7 @@ pub fn extract_features(
                 part.iter()
                     .map(|&i| {
                         let Ok(img) = data.load(i) else { return Ok(None) };
-                        match preprocess::for_evaluation(&image::DynamicImage::ImageRgb8(img), image_size, patch) {
-                            Ok(x) => Ok(Some(x)),
-                            Err(e) if e.is_size_flag_error() => Err(e),
-                            Err(_) => Ok(None),
-                        }
+                        evaluation_input(img, image_size, patch).map(Result::ok)
                     })
                     .collect()
             };

@@ -124,13 +124,13 @@ fn extract(
                 }
                 ModelInput { data: preprocess::normalize(&crop), height: size, width: size, image: crop }
             }
-            None => match preprocess::for_evaluation(&image::DynamicImage::ImageRgb8(img), size, patch) {
-                Ok(x) => x,
-                Err(e) if e.is_size_flag_error() => anyhow::bail!("{}: {e}", data.describe(i)),
-                Err(_) => {
+            None => match crate::knn::evaluation_input(img, size, patch) {
+                Ok(Ok(x)) => x,
+                Ok(Err(_)) => {
                     skipped += 1;
                     continue;
                 }
+                Err(e) => anyhow::bail!("{}: {}", data.describe(i), e.message_for_flag("--image_size")),
             },
         };
         batch.push(input);
